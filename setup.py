@@ -1,0 +1,4 @@
+"""Only the extension modules; metadata lives in pyproject.toml."""
+from setuptools import setup
+
+setup()

@@ -1,0 +1,34 @@
+"""Picks the compiled hot path or its pure-Python twin, once, at import.
+
+``INFRAKIT_INSTANCE_NO_EXTENSIONS=1`` selects the pure modules;
+``INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS=1`` turns a missing compiled module
+into an error instead of a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["IMPLEMENTATION", "codec", "http", "rpc"]
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _select() -> tuple[str, ModuleType, ModuleType, ModuleType]:
+    if not _flag("INFRAKIT_INSTANCE_NO_EXTENSIONS"):
+        try:
+            from . import _codec_c, _http_c, _rpc_c  # type: ignore[attr-defined]
+        except ImportError:
+            if _flag("INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS"):
+                raise
+        else:
+            return "compiled", _codec_c, _http_c, _rpc_c
+    from . import _codec_py, _http_py, _rpc_py
+
+    return "pure", _codec_py, _http_py, _rpc_py
+
+
+IMPLEMENTATION, codec, http, rpc = _select()

@@ -1,0 +1,133 @@
+"""The ``infrakit-instance`` command: a superset of the C plugin's command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from . import IMPLEMENTATION, __version__
+from .state import StateError
+
+__all__ = ["main", "plugins_dir", "state_path"]
+
+#: --log 0..5 as in the C plugin: 0 critical ... 4 info (default), 5 debug.
+LOG_LEVELS = {
+    0: logging.CRITICAL,
+    1: logging.ERROR,
+    2: logging.WARNING,
+    3: logging.WARNING,  # "notice" has no logging equivalent; warnings are the nearest
+    4: logging.INFO,
+    5: logging.DEBUG,
+}
+
+
+def infrakit_home() -> str:
+    return os.environ.get("INFRAKIT_HOME") or os.path.join(os.path.expanduser("~"), ".infrakit")
+
+
+def plugins_dir() -> str:
+    """Where InfraKit looks for plugin sockets."""
+    return os.environ.get("INFRAKIT_PLUGINS_DIR") or os.path.join(infrakit_home(), "plugins")
+
+
+def state_path(name: str) -> str:
+    return os.path.join(infrakit_home(), "state", f"{name}.json")
+
+
+def _setup_logging(level: int) -> None:
+    logging.basicConfig(
+        level=LOG_LEVELS[level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class _Main(click.Group):
+    """Runs the plugin when no subcommand is given (``infrakit-instance --name x``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            ctx.meta["subcommand_first"] = True
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, invoke_without_command=True, context_settings={"auto_envvar_prefix": "INFRAKIT_INSTANCE", "help_option_names": ["-h", "--help"]})
+@click.option("--name", default="instance-py", show_default=True, show_envvar=True, help="Plugin name: the socket's file name in the plugins directory.")
+@click.option("--log", "log_level", type=click.IntRange(0, 5), default=4, show_default=True, show_envvar=True, help="0 critical, 1 error, 2 warning, 3 notice, 4 info, 5 debug (every request and response).")
+@click.option("--state", "state", default=None, show_envvar=True, help="State file. [default: $INFRAKIT_HOME/state/NAME.json, INFRAKIT_HOME defaulting to ~/.infrakit]")
+@click.option("--listen", default=None, show_envvar=True, help="unix:///path/to/socket or tcp://host:port. [default: unix://PLUGINS_DIR/NAME]")
+@click.option("--fsync", type=click.Choice(["always", "never"]), default="always", show_default=True, show_envvar=True, help="always: answer a change only once it is on disk; never: leave flushing to the OS (faster, may lose the last changes on power loss).")
+@click.option("--max-body", type=click.IntRange(1), default=16 * 1024 * 1024, show_default=True, show_envvar=True, help="Largest request body accepted, in bytes (larger: HTTP 413).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True, show_envvar=True, help="Seconds before an idle keep-alive connection is closed.")
+@click.option("--socket-mode", default="0600", show_default=True, show_envvar=True, help="Permissions of the unix socket, in octal.")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    name: str,
+    log_level: int,
+    state: str | None,
+    listen: str | None,
+    fsync: str,
+    max_body: int,
+    idle_timeout: float,
+    socket_mode: str,
+) -> None:
+    """InfraKit instance plugin: serves InfraKit's Instance API (0.1.0 to 0.6.1) on a
+    unix socket and keeps every instance in one JSON state file."""
+    _setup_logging(log_level)
+    if ctx.invoked_subcommand is not None:
+        return
+    from .server import Config, SocketInUse, run
+
+    try:
+        mode = int(socket_mode, 8)
+    except ValueError:
+        raise click.BadParameter(f"{socket_mode!r} is not an octal mode such as 0600", param_hint="--socket-mode") from None
+    pdir = plugins_dir()
+    if listen is None:
+        listen = "unix://" + os.path.join(pdir, name)
+    elif not (listen.startswith("unix://") or listen.startswith("tcp://")):
+        raise click.BadParameter("use unix:///path or tcp://host:port", param_hint="--listen")
+    if listen.startswith("tcp://") and not listen[6:].rpartition(":")[2].isdigit():
+        raise click.BadParameter("tcp:// needs host:port, e.g. tcp://127.0.0.1:24864", param_hint="--listen")
+    config = Config(
+        name=name,
+        listen=listen,
+        state=state or state_path(name),
+        plugins_dir=pdir,
+        fsync=fsync == "always",
+        max_body=max_body,
+        idle_timeout=idle_timeout,
+        socket_mode=mode,
+    )
+    try:
+        code = run(config)
+    except (SocketInUse, StateError) as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@main.command()
+def version() -> None:
+    """Print version information: this package, the implementation, uvloop and orjson."""
+    import orjson
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = "not installed (asyncio event loop)"
+    click.echo(f"infrakit-instance {__version__}")
+    click.echo(f"implementation: {IMPLEMENTATION}")
+    click.echo(f"python: {sys.version.split()[0]}")
+    click.echo(f"uvloop: {uv}")
+    click.echo(f"orjson: {orjson.__version__}")
+    click.echo("instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1")

@@ -1,0 +1,297 @@
+"""The Instance plugin: every JSON-RPC method InfraKit calls, and ``/info``.
+
+Each method takes the decoded ``params`` object and returns the encoded
+``result`` object, or an awaitable of it when the answer has to wait for the
+state to be durable or for the provider.  Errors are :class:`RpcError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from . import __version__
+from ._impl import codec, rpc
+from .provider import LogicalProvider, Provider, ProviderError
+from .state import Record
+from .store import Store, StoreError, UnknownInstance
+
+__all__ = ["INSTANCE_VERSIONS", "Plugin"]
+
+RpcError = rpc.RpcError
+INVALID_PARAMS = rpc.INVALID_PARAMS
+PLUGIN_ERROR = rpc.PLUGIN_ERROR
+
+#: Every Instance API version served; later versions only added fields.
+INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
+
+Result = bytes | Awaitable[bytes]
+_intern = sys.intern
+
+_OK = b'{"Type":%s,"OK":true}'
+_APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
+_TYPES = orjson.dumps({"Types": {f"Instance/{v}": [] for v in INSTANCE_VERSIONS}})
+_HELLO = orjson.dumps({"Objects": {f"Instance/{v}": [{"Name": ".", "ProxyFor": ""}] for v in INSTANCE_VERSIONS}})
+
+
+def _params_error(message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, f"invalid params: {message}")
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _params_error(f"{what} must be an object of strings")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise _params_error(f"{what}[{k!r}] must be a string, not {type(v).__name__}")
+    return value
+
+
+def _instance_id(params: dict[str, Any]) -> str:
+    instance_id = params.get("Instance")
+    if not isinstance(instance_id, str) or not instance_id:
+        raise _params_error('"Instance" must be a non-empty instance ID string')
+    return instance_id
+
+
+def _then(fut: asyncio.Future[None], answer: bytes) -> asyncio.Future[bytes]:
+    """A future of ``answer`` once ``fut`` is done (store errors become -32000)."""
+    out: asyncio.Future[bytes] = fut.get_loop().create_future()
+
+    def done(f: asyncio.Future[None]) -> None:
+        if out.done():
+            return
+        exc = f.exception()
+        if exc is None:
+            out.set_result(answer)
+        else:
+            out.set_exception(RpcError(PLUGIN_ERROR, str(exc)) if isinstance(exc, StoreError) else exc)
+
+    fut.add_done_callback(done)
+    return out
+
+
+class Plugin:
+    """Instance methods over a :class:`Store` and a :class:`Provider`."""
+
+    def __init__(self, store: Store, provider: Provider | None = None, name: str = "instance-py") -> None:
+        self.store = store
+        self.provider = provider or LogicalProvider()
+        self.name = name
+        self._rand = random.Random()
+        self.methods: dict[str, Callable[[dict[str, Any]], Result]] = {
+            "Plugin.Implements": self.implements,
+            "Handshake.Implements": self.implements,
+            "Handshake.Types": self.types,
+            "Handshake.Hello": self.hello,
+            "Instance.Validate": self.validate,
+            "Instance.Provision": self.provision,
+            "Instance.Label": self.label,
+            "Instance.Destroy": self.destroy,
+            "Instance.DescribeInstances": self.describe,
+        }
+
+    # -- handshakes -------------------------------------------------------------
+
+    def implements(self, params: dict[str, Any]) -> bytes:
+        return _APIS
+
+    def types(self, params: dict[str, Any]) -> bytes:
+        return _TYPES
+
+    def hello(self, params: dict[str, Any]) -> bytes:
+        return _HELLO
+
+    # -- Instance ---------------------------------------------------------------
+
+    @staticmethod
+    def _type(params: dict[str, Any]) -> bytes:
+        kind = params.get("Type")
+        if kind is None or kind == "":
+            return b'""'
+        if not isinstance(kind, str):
+            raise _params_error('"Type" must be a string')
+        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+
+    def validate(self, params: dict[str, Any]) -> Result:
+        type_json = self._type(params)
+        answer = _OK % type_json
+        if self.provider.logical:
+            return answer
+        return self._provider_call(self.provider.validate(params.get("Properties")), answer)
+
+    def provision(self, params: dict[str, Any]) -> Result:
+        type_json = self._type(params)
+        spec = params.get("Spec")
+        if not isinstance(spec, dict):
+            raise _params_error('"Spec" must be an object')
+        tags = _string_map(spec.get("Tags"), "Spec.Tags")
+        logical_id = spec.get("LogicalID")
+        if logical_id is not None and not isinstance(logical_id, str):
+            raise _params_error('"Spec.LogicalID" must be a string or null')
+        init = spec.get("Init")
+        if init is not None and not isinstance(init, str):
+            raise _params_error('"Spec.Init" must be a string or null')
+        attachments = spec.get("Attachments")
+        if attachments is not None and (
+            not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments)
+        ):
+            raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+        if self.provider.logical:
+            return self._record(spec, tags, logical_id, None, type_json)
+        return self._provision_with_provider(spec, tags, logical_id, type_json)
+
+    async def _provision_with_provider(
+        self, spec: dict[str, Any], tags: dict[str, str], logical_id: str | None, type_json: bytes
+    ) -> bytes:
+        try:
+            made = await self.provider.provision(spec)
+        except ProviderError as exc:
+            raise RpcError(PLUGIN_ERROR, f"provision failed: {exc}") from None
+        instance_id = None
+        if made is not None:
+            instance_id = made.id
+            if made.tags:
+                tags = {**tags, **made.tags}
+        if instance_id is not None and self.store.state.known(instance_id):
+            raise RpcError(PLUGIN_ERROR, f"provider returned instance ID {instance_id} that already exists")
+        return await self._record(spec, tags, logical_id, instance_id, type_json)
+
+    def _record(
+        self,
+        spec: dict[str, Any],
+        tags: dict[str, str],
+        logical_id: str | None,
+        instance_id: str | None,
+        type_json: bytes,
+    ) -> asyncio.Future[bytes]:
+        state = self.store.state
+        if instance_id is None:
+            # Random like InfraKit's own plugins, checked against every ID in the state.
+            while True:
+                instance_id = f"instance-{self._rand.getrandbits(63)}"
+                if not state.known(instance_id):
+                    break
+        tags = {_intern(k): _intern(v) for k, v in tags.items()}
+        brief = codec.encode_brief(instance_id, logical_id, tags)
+        rec = Record(instance_id, tags, brief, orjson.dumps(spec), 0)
+        try:
+            fut = self.store.provision(rec)
+        except StoreError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _then(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")
+
+    def label(self, params: dict[str, Any]) -> Result:
+        type_json = self._type(params)
+        instance_id = _instance_id(params)
+        labels = _string_map(params.get("Labels"), "Labels")
+        if self.store.state.get(instance_id) is None:
+            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance")
+        if self.provider.logical:
+            return self._commit_label(instance_id, labels, type_json)
+        return self._provider_call(self.provider.label(instance_id, labels), None, lambda: self._commit_label(instance_id, labels, type_json))
+
+    def _commit_label(self, instance_id: str, labels: dict[str, str], type_json: bytes) -> asyncio.Future[bytes]:
+        try:
+            fut = self.store.label(instance_id, labels)
+        except UnknownInstance:
+            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
+        except StoreError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _then(fut, _OK % type_json)
+
+    def destroy(self, params: dict[str, Any]) -> Result:
+        type_json = self._type(params)
+        instance_id = _instance_id(params)
+        context = params.get("Context")
+        if context is not None and not isinstance(context, dict):
+            raise _params_error('"Context" must be an object')
+        rec = self.store.state.get(instance_id)
+        if rec is None:
+            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance")
+        if self.provider.logical:
+            return self._commit_destroy(instance_id, type_json)
+        return self._provider_call(
+            self.provider.destroy(instance_id, rec.description(), context or {}),
+            None,
+            lambda: self._commit_destroy(instance_id, type_json),
+        )
+
+    def _commit_destroy(self, instance_id: str, type_json: bytes) -> asyncio.Future[bytes]:
+        try:
+            fut = self.store.destroy(instance_id)
+        except UnknownInstance:
+            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
+        except StoreError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _then(fut, _OK % type_json)
+
+    def describe(self, params: dict[str, Any]) -> bytes:
+        type_json = self._type(params)
+        tags = _string_map(params.get("Tags"), "Tags")
+        properties = params.get("Properties", False)
+        if properties is None:
+            properties = False
+        if not isinstance(properties, bool):
+            raise _params_error('"Properties" must be true or false')
+        return codec.describe_result(type_json, self.store.describe(tags or None, properties))
+
+    async def _provider_call(
+        self,
+        call: Awaitable[None],
+        answer: bytes | None,
+        then: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> bytes:
+        try:
+            await call
+        except ProviderError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        if then is not None:
+            return await then()
+        assert answer is not None
+        return answer
+
+    # -- /info ------------------------------------------------------------------
+
+    def api_info(self) -> bytes:
+        """``GET /info/api.json``: what this plugin implements."""
+        methods = [
+            {"Method": m, "Request": {"jsonrpc": "2.0", "method": m, "params": example, "id": 1}}
+            for m, example in _EXAMPLES.items()
+        ]
+        return orjson.dumps(
+            {
+                "Name": self.name,
+                "Implements": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS],
+                "Interfaces": [
+                    {"Name": "Instance", "Version": v, "Methods": methods} for v in INSTANCE_VERSIONS
+                ],
+                "Vendor": {
+                    "Name": "infrakit-instance",
+                    "Version": __version__,
+                    "URL": "https://pypi.org/project/infrakit-instance/",
+                },
+            }
+        )
+
+
+_SPEC_EXAMPLE = {
+    "Properties": {},
+    "Tags": {"infrakit.group": "workers"},
+    "Init": "",
+    "LogicalID": None,
+    "Attachments": [],
+}
+_EXAMPLES: dict[str, Any] = {
+    "Instance.Validate": {"Type": "", "Properties": {}},
+    "Instance.Provision": {"Type": "", "Spec": _SPEC_EXAMPLE},
+    "Instance.Label": {"Type": "", "Instance": "instance-1", "Labels": {"key": "value"}},
+    "Instance.Destroy": {"Type": "", "Instance": "instance-1", "Context": {"Reason": "terminate"}},
+    "Instance.DescribeInstances": {"Type": "", "Tags": {"infrakit.group": "workers"}, "Properties": False},
+}

@@ -1,0 +1,110 @@
+"""JSON-RPC 2.0 dispatch: a request body in, response bytes (or a future of them) out."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Awaitable, Callable
+
+from ._impl import rpc as envelope
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+RpcError = envelope.RpcError
+Method = Callable[[dict[str, Any]], "bytes | Awaitable[bytes]"]
+Answer = "bytes | None | asyncio.Future[bytes | None]"
+
+
+class Dispatcher:
+    """Turns a body into the response body.
+
+    Returns bytes when the answer is ready at once (the common case), ``None``
+    when the body held only notifications (answer with an empty body), or a
+    future of either.
+    """
+
+    def __init__(self, methods: dict[str, Method]) -> None:
+        self.methods = methods
+
+    def handle(self, body: bytes) -> bytes | None | asyncio.Future[bytes | None]:
+        try:
+            doc = envelope.decode_body(body)
+        except RpcError as exc:
+            return envelope.encode_error(exc.id_json, exc.code, exc.message)
+        if isinstance(doc, list):
+            return self._batch(doc)
+        return self._one(doc)
+
+    def _one(self, doc: Any) -> bytes | None | asyncio.Future[bytes | None]:
+        try:
+            call = envelope.split_call(doc)
+        except RpcError as exc:
+            return envelope.encode_error(exc.id_json, exc.code, exc.message)
+        id_json = call.id_json
+        method = self.methods.get(call.method)
+        if method is None:
+            if id_json is None:
+                return None
+            return envelope.encode_error(
+                id_json, envelope.METHOD_NOT_FOUND, f"method not found: {call.method!r}"
+            )
+        try:
+            result = method(call.params)
+        except RpcError as exc:
+            return None if id_json is None else envelope.encode_error(id_json, exc.code, exc.message)
+        except Exception as exc:  # a bug must answer, not kill the connection
+            log.exception("%s failed", call.method)
+            return None if id_json is None else _internal(id_json, call.method, exc)
+        if isinstance(result, bytes):
+            return None if id_json is None else envelope.encode_result(id_json, result)
+        return _finish(result, id_json, call.method)
+
+    def _batch(self, docs: list[Any]) -> bytes | None | asyncio.Future[bytes | None]:
+        if not docs:
+            return envelope.encode_error(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch")
+        answers = [self._one(d) for d in docs]
+        if all(isinstance(a, bytes) or a is None for a in answers):
+            return _join(answers)  # type: ignore[arg-type]
+        return asyncio.ensure_future(_gather_batch(answers))
+
+
+async def _gather_batch(answers: list[Any]) -> bytes | None:
+    done = [await a if isinstance(a, asyncio.Future) else a for a in answers]
+    return _join(done)
+
+
+def _join(answers: list[bytes | None]) -> bytes | None:
+    parts = [a for a in answers if a is not None]
+    if not parts:
+        return None
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _internal(id_json: bytes, method: str, exc: BaseException) -> bytes:
+    return envelope.encode_error(id_json, envelope.INTERNAL_ERROR, f"internal error in {method}: {exc!r}")
+
+
+def _finish(result: Awaitable[bytes], id_json: bytes | None, method: str) -> asyncio.Future[bytes | None]:
+    fut = asyncio.ensure_future(result) if inspect.isawaitable(result) and not isinstance(result, asyncio.Future) else result
+    out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+    def done(f: asyncio.Future[bytes]) -> None:
+        if out.cancelled():
+            return
+        if f.cancelled():
+            answer = envelope.encode_error(id_json or b"null", envelope.INTERNAL_ERROR, f"{method} was cancelled")
+        elif (exc := f.exception()) is not None:
+            if isinstance(exc, RpcError):
+                answer = envelope.encode_error(id_json or b"null", exc.code, exc.message)
+            else:
+                log.error("%s failed", method, exc_info=exc)
+                answer = _internal(id_json or b"null", method, exc)
+        else:
+            answer = envelope.encode_result(id_json or b"null", f.result())
+        out.set_result(None if id_json is None else answer)
+
+    fut.add_done_callback(done)  # type: ignore[union-attr]
+    return out

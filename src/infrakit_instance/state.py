@@ -1,0 +1,231 @@
+"""The instances in memory: ordered, indexed by ID and by tag, answers cached.
+
+Stores keep one :class:`State` and persist what changes in it; the RPC layer
+reads from it.  Nothing here touches a file.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterator
+
+import orjson
+
+from ._impl import codec
+
+__all__ = ["Record", "State", "StateError"]
+
+_intern = sys.intern
+
+
+class StateError(ValueError):
+    """A state document that cannot be used, with what is wrong and where."""
+
+
+class Record:
+    """One instance: its encoded brief description and Spec, its tags, its place."""
+
+    __slots__ = ("brief", "id", "off", "pos", "size", "spec", "tags")
+
+    def __init__(self, instance_id: str, tags: dict[str, str], brief: bytes, spec: bytes | None, pos: int) -> None:
+        self.id = instance_id
+        self.tags = tags
+        self.brief = brief
+        self.spec = spec
+        self.pos = pos  # sort key of the array order
+        self.off = -1  # where the element starts in the state file (store-managed)
+        self.size = 0  # bytes the element occupies there (store-managed)
+
+    def element(self) -> bytes:
+        return codec.element(self.brief, self.spec)
+
+    def description(self) -> dict[str, Any]:
+        """The decoded element, for providers and tools (not the hot path)."""
+        desc: dict[str, Any] = orjson.loads(self.element())
+        return desc
+
+    @classmethod
+    def from_description(cls, desc: Any, where: str, pos: int) -> Record:
+        if not isinstance(desc, dict):
+            raise StateError(f"{where} is not an object")
+        instance_id = desc.get("ID")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise StateError(f"{where} has no string ID")
+        logical_id = desc.get("LogicalID")
+        if logical_id is not None and not isinstance(logical_id, str):
+            raise StateError(f"{where} ({instance_id}): LogicalID must be a string or null")
+        tags = desc.get("Tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise StateError(f"{where} ({instance_id}): Tags must be an object of strings")
+        tags = {_intern(k): _intern(v) for k, v in tags.items()}
+        spec = desc.get("Properties")
+        spec_json = None if spec is None and "Properties" not in desc else orjson.dumps(spec)
+        return cls(instance_id, tags, codec.encode_brief(instance_id, logical_id, tags), spec_json, pos)
+
+
+class State:
+    """Active instances in array order, the non-functional ones, and the Provider object."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Record] = {}
+        self.nonfunctional: dict[str, Record] = {}
+        self.provider: bytes = b"{}"
+        self._index: dict[tuple[str, str], dict[str, Record]] = {}
+        self._unsorted: set[tuple[str, str]] = set()
+        self._cache: dict[Any, bytes] = {}
+        self._first = 0
+        self._last = 0
+
+    # -- loading and saving -------------------------------------------------
+
+    @classmethod
+    def from_document(cls, doc: Any) -> State:
+        if not isinstance(doc, dict):
+            raise StateError("the state document is not a JSON object")
+        state = cls()
+        provider = doc.get("Provider", {})
+        state.provider = orjson.dumps({} if provider is None else provider)
+        for key in ("Instances", "NonFunctional"):
+            items = doc.get(key) or []
+            if not isinstance(items, list):
+                raise StateError(f'"{key}" is not an array')
+            target = state.instances if key == "Instances" else state.nonfunctional
+            for i, desc in enumerate(items):
+                rec = Record.from_description(desc, f"{key}[{i}]", i)
+                if rec.id in state.instances or rec.id in state.nonfunctional:
+                    raise StateError(
+                        f"{key}[{i}]: instance ID {rec.id!r} appears twice; remove or rename one copy"
+                    )
+                target[rec.id] = rec
+        state._last = len(state.instances)
+        state._reindex()
+        return state
+
+    def document(self) -> tuple[bytes, list[int]]:
+        """The full state file, and each active element's offset in it."""
+        return codec.encode_document(
+            self.provider,
+            [r.element() for r in self.nonfunctional.values()],
+            [r.element() for r in self.instances.values()],
+        )
+
+    # -- reading ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __contains__(self, instance_id: str) -> bool:
+        return instance_id in self.instances
+
+    def get(self, instance_id: str) -> Record | None:
+        return self.instances.get(instance_id)
+
+    def known(self, instance_id: str) -> bool:
+        return instance_id in self.instances or instance_id in self.nonfunctional
+
+    def describe(self, tags: dict[str, str] | None, properties: bool) -> bytes:
+        """The Descriptions array of the active instances matching every tag."""
+        key: Any = (frozenset(tags.items()) if tags else None, properties)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        answer = codec.join_descriptions(self.select(tags), properties)
+        self._cache[key] = answer
+        return answer
+
+    def select(self, tags: dict[str, str] | None) -> Iterator[Record] | list[Record]:
+        if not tags:
+            return self.instances.values().__iter__()
+        buckets = []
+        for pair in tags.items():
+            bucket = self._index.get(pair)
+            if not bucket:
+                return []
+            buckets.append((len(bucket), pair, bucket))
+        buckets.sort(key=lambda b: b[0])
+        _, pair, bucket = buckets[0]
+        if pair in self._unsorted:
+            ordered = sorted(bucket.values(), key=lambda r: r.pos)
+            bucket.clear()
+            bucket.update((r.id, r) for r in ordered)
+            self._unsorted.discard(pair)
+        if len(buckets) == 1:
+            return list(bucket.values())
+        rest = [b[1] for b in buckets[1:]]
+        return [r for r in bucket.values() if all(r.tags.get(k) == v for k, v in rest)]
+
+    # -- changing ----------------------------------------------------------------
+
+    def append(self, rec: Record) -> None:
+        self._last += 1
+        rec.pos = self._last
+        self.instances[rec.id] = rec
+        self._index_add(rec, at_end=True)
+        self._cache.clear()
+
+    def remove(self, instance_id: str) -> Record:
+        rec = self.instances.pop(instance_id)
+        self._index_remove(rec)
+        self._cache.clear()
+        return rec
+
+    def relabel(self, rec: Record, labels: dict[str, str]) -> Record:
+        """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
+        tags = dict(rec.tags)
+        tags.update((_intern(k), _intern(v)) for k, v in labels.items())
+        desc = orjson.loads(rec.brief)
+        new = Record(rec.id, tags, codec.encode_brief(rec.id, desc.get("LogicalID"), tags), rec.spec, rec.pos)
+        new.off, new.size = rec.off, rec.size
+        self._index_remove(rec)
+        self.instances[rec.id] = new
+        self._index_add(new, at_end=False)
+        self._cache.clear()
+        return new
+
+    def to_nonfunctional(self, instance_id: str) -> Record:
+        rec = self.remove(instance_id)
+        self.nonfunctional[instance_id] = rec
+        return rec
+
+    def restore_front(self, instance_id: str) -> Record:
+        """A recovered instance goes to the front of the array (first candidate kept)."""
+        rec = self.nonfunctional.pop(instance_id)
+        self._first -= 1
+        rec.pos = self._first
+        self.instances = {rec.id: rec, **self.instances}
+        self._index_add(rec, at_end=False)
+        self._cache.clear()
+        return rec
+
+    def drop_nonfunctional(self, instance_id: str) -> Record:
+        return self.nonfunctional.pop(instance_id)
+
+    # -- index -------------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        self._index.clear()
+        self._unsorted.clear()
+        self._cache.clear()
+        for rec in self.instances.values():
+            self._index_add(rec, at_end=True)
+
+    def _index_add(self, rec: Record, at_end: bool) -> None:
+        index = self._index
+        for pair in rec.tags.items():
+            bucket = index.get(pair)
+            if bucket is None:
+                index[pair] = {rec.id: rec}
+            else:
+                bucket[rec.id] = rec
+                if not at_end:
+                    self._unsorted.add(pair)
+
+    def _index_remove(self, rec: Record) -> None:
+        index = self._index
+        for pair in rec.tags.items():
+            bucket = index.get(pair)
+            if bucket is not None:
+                bucket.pop(rec.id, None)
+                if not bucket:
+                    del index[pair]
+                    self._unsorted.discard(pair)

@@ -1,0 +1,443 @@
+"""Where the state lives: the :class:`Store` seam and the single-file store.
+
+The RPC layer only ever talks to a :class:`Store`: it reads from the
+in-memory :class:`~infrakit_instance.state.State` and gets, for every change,
+a future that completes once the change is durable.  :class:`FileStore`
+keeps the C plugin's one-document format and changes it in place:
+
+* a provision overwrites the closing bytes with ``,<element>`` and closes the
+  document again;
+* a destroy turns the element into whitespace (JSON allows it anywhere);
+* a label rewrites the element where it stands, or from there to the end when
+  it grew;
+* rare moves (NonFunctional, restore to the front, Provider) and files with
+  too many holes are rewritten whole: temporary file, fsync, rename.
+
+Every in-place batch goes through the rollback :mod:`journal`; concurrent
+changes share one batch and so one pair of fsyncs (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from ._impl import codec
+from .journal import Journal, Region, recover
+from .state import Record, State, StateError
+
+__all__ = ["FileStore", "Store", "StoreError", "UnknownInstance", "load_state_file"]
+
+log = logging.getLogger(__name__)
+
+_TAIL = codec.TAIL
+_COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
+
+
+class StoreError(Exception):
+    """The store could not persist a change (the change was not made)."""
+
+
+class UnknownInstance(KeyError):
+    """No active instance has this ID."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(instance_id)
+        self.instance_id = instance_id
+
+    def __str__(self) -> str:
+        return f"unknown instance: {self.instance_id}"
+
+
+class Store(ABC):
+    """What the plugin needs of a backend.  Reads are synchronous and served
+    from memory; each change returns a future that is done when it is durable
+    (or fails with :class:`StoreError`, in which case it was not made)."""
+
+    @property
+    @abstractmethod
+    def state(self) -> State: ...
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Write what is pending and release the backend."""
+
+    @abstractmethod
+    def provision(self, record: Record) -> asyncio.Future[None]: ...
+
+    @abstractmethod
+    def destroy(self, instance_id: str) -> asyncio.Future[None]:
+        """Raises :class:`UnknownInstance` at once for an unknown ID."""
+
+    @abstractmethod
+    def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
+        """Raises :class:`UnknownInstance` at once for an unknown ID."""
+
+    @abstractmethod
+    def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
+        """Move an instance to ``NonFunctional``, or back to the front of ``Instances``."""
+
+    @abstractmethod
+    def forget(self, instance_id: str) -> asyncio.Future[None]:
+        """Remove an instance, active or not, that the provider says is gone."""
+
+    def describe(self, tags: dict[str, str] | None, properties: bool) -> bytes:
+        return self.state.describe(tags, properties)
+
+
+def load_state_file(path: str) -> tuple[State, bytes]:
+    """Parse a state file (any layout); raise :class:`StateError` saying what is wrong."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        raise StateError(
+            f"state file {path} is empty (a crash of a plugin that truncates its state can leave this);"
+            " restore it from a backup, or delete it to start with no instances"
+        )
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"state file {path} is not valid JSON: {exc}") from None
+    try:
+        return State.from_document(doc), data
+    except StateError as exc:
+        raise StateError(f"state file {path}: {exc}") from None
+
+
+def _place(state: State, data: bytes) -> bool:
+    """Find each active element in a file of our own layout; False if it is not one."""
+    head = codec.encode_document(state.provider, [r.element() for r in state.nonfunctional.values()], [])[0]
+    head = head[: -len(_TAIL)]
+    if not data.startswith(head) or not data.endswith(_TAIL):
+        return False
+    records = iter(state.instances.values())
+    pos = len(head) + 1  # past the newline after '['
+    body = data[len(head) + 1 : len(data) - len(_TAIL)]
+    first = True
+    for line in body.split(b"\n") if body else ():
+        content = line.strip(b" ")
+        if content.endswith(b","):
+            content = content[:-1].rstrip(b" ")
+        if content:
+            rec = next(records, None)
+            if rec is None or not content.startswith(b'{"ID":' + orjson.dumps(rec.id) + b","):
+                return False
+            lead = len(line) - len(line.lstrip(b" "))
+            # Each live element but the first owns the comma two bytes before it.
+            if not first and data[pos + lead - 2 : pos + lead - 1] != b",":
+                return False
+            rec.off = pos + lead
+            rec.size = len(content)
+            first = False
+        pos += len(line) + 1
+    return next(records, None) is None
+
+
+class FileStore(Store):
+    """The state as one JSON file, changed in place under a rollback journal."""
+
+    def __init__(self, path: str, fsync: bool = True, compact_ratio: float = 2.0) -> None:
+        self.path = os.path.abspath(path)
+        self.journal_path = self.path + ".journal"
+        self.fsync = fsync
+        self.compact_ratio = compact_ratio
+        self._state = State()
+        self._fd = -1
+        self._journal: Journal | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="infrakit-store")
+        self._end = 0  # file size once every pending write is made
+        self._live = 0  # about what the file would take compacted
+        self._disk_size = 0  # file size on disk now
+        self._writes: list[tuple[int, bytes]] = []
+        self._rewrite = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failed: BaseException | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    # -- opening and closing --------------------------------------------------
+
+    async def open(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        outcome = recover(self.path, self.journal_path)
+        if outcome:
+            log.warning("state file %s: %s", self.path, outcome)
+        self._load()
+        self._wake = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _load(self) -> None:
+        if os.path.exists(self.path):
+            state, data = load_state_file(self.path)
+            placed = _place(state, data)
+        else:
+            state, data, placed = State(), b"", False
+        self._state = state
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._journal = Journal(self.journal_path, sync=self.fsync)
+        if placed:
+            self._end = self._disk_size = len(data)
+            self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
+            log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
+        else:
+            if data:
+                log.warning("state file %s is in another layout (the C plugin's?): rewriting it in place-editable form", self.path)
+            self._replace_file(self._plan_rewrite())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._writer is not None and self._wake is not None:
+            self._wake.set()
+            await self._writer
+            self._writer = None
+        self._executor.shutdown(wait=True)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- changes ----------------------------------------------------------------
+
+    def provision(self, record: Record) -> asyncio.Future[None]:
+        state = self._state
+        if state.known(record.id):
+            raise StoreError(f"instance ID {record.id} already exists")
+        had_live = len(state) > 0
+        state.append(record)
+        elem = record.element()
+        start = self._end - len(_TAIL)
+        sep = b",\n" if had_live else b"\n"
+        record.off = start + len(sep)
+        record.size = len(elem)
+        self._queue(start, sep + elem + _TAIL)
+        self._end = start + len(sep) + len(elem) + len(_TAIL)
+        self._live += len(sep) + len(elem)
+        return self._waiter()
+
+    def destroy(self, instance_id: str) -> asyncio.Future[None]:
+        state = self._state
+        rec = state.get(instance_id)
+        if rec is None:
+            raise UnknownInstance(instance_id)
+        first = next(iter(state.instances)) == instance_id
+        state.remove(instance_id)
+        self._live -= rec.size + 2
+        if not first:
+            # The comma before this element goes with it; the newline stays.
+            self._queue(rec.off - 2, b" \n" + b" " * rec.size)
+        else:
+            self._queue(rec.off, b" " * rec.size)
+            nxt = next(iter(state.instances.values()), None)
+            if nxt is not None:
+                self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
+        self._maybe_compact()
+        return self._waiter()
+
+    def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
+        state = self._state
+        rec = state.get(instance_id)
+        if rec is None:
+            raise UnknownInstance(instance_id)
+        new = state.relabel(rec, labels)
+        elem = new.element()
+        self._live += max(0, len(elem) - rec.size)
+        if len(elem) <= rec.size:
+            self._queue(rec.off, elem + b" " * (rec.size - len(elem)))
+        else:
+            self._relayout_from(new)
+        return self._waiter()
+
+    def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
+        state = self._state
+        if functional:
+            if instance_id not in state.nonfunctional:
+                raise UnknownInstance(instance_id)
+            state.restore_front(instance_id)
+        else:
+            if instance_id not in state.instances:
+                raise UnknownInstance(instance_id)
+            state.to_nonfunctional(instance_id)
+        self._rewrite = True
+        return self._waiter()
+
+    def forget(self, instance_id: str) -> asyncio.Future[None]:
+        state = self._state
+        if instance_id in state.instances:
+            return self.destroy(instance_id)
+        if instance_id not in state.nonfunctional:
+            raise UnknownInstance(instance_id)
+        state.drop_nonfunctional(instance_id)
+        self._rewrite = True
+        return self._waiter()
+
+    def set_provider(self, provider: Any) -> asyncio.Future[None]:
+        self._state.provider = orjson.dumps(provider)
+        self._rewrite = True
+        return self._waiter()
+
+    # -- planning writes ----------------------------------------------------------
+
+    def _queue(self, offset: int, data: bytes) -> None:
+        self._writes.append((offset, data))
+
+    def _waiter(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        assert self._wake is not None
+        self._wake.set()
+        return fut
+
+    def _relayout_from(self, rec: Record) -> None:
+        """Rewrite ``rec`` and every element after it (it grew out of its slot)."""
+        live = list(self._state.instances.values())
+        i = next(i for i, r in enumerate(live) if r is rec)
+        if self._end - rec.off > self._end // 2 and self._end > _COMPACT_MIN:
+            self._rewrite = True
+            return
+        parts = []
+        pos = rec.off
+        for j, r in enumerate(live[i:]):
+            if j:
+                parts.append(b",\n")
+                pos += 2
+            elem = r.element()
+            r.off, r.size = pos, len(elem)
+            parts.append(elem)
+            pos += len(elem)
+        parts.append(_TAIL)
+        self._queue(rec.off, b"".join(parts))
+        self._end = pos + len(_TAIL)
+
+    def _maybe_compact(self) -> None:
+        if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
+            self._rewrite = True
+
+    def _plan_rewrite(self) -> bytes:
+        """The whole document as memory holds it now, with every element placed in it."""
+        doc, offsets = self._state.document()
+        for rec, off in zip(self._state.instances.values(), offsets):
+            rec.off, rec.size = off, len(rec.element())
+        self._writes = []
+        self._rewrite = False
+        self._end = len(doc)
+        self._live = len(doc)
+        return doc
+
+    # -- the writer -----------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._waiters:
+                if self._closing:
+                    return
+                continue
+            waiters, self._waiters = self._waiters, []
+            try:
+                if self._rewrite:
+                    doc = self._plan_rewrite()
+                    await loop.run_in_executor(self._executor, self._replace_file, doc)
+                else:
+                    writes, self._writes = self._writes, []
+                    regions = _merge(writes, self._end)
+                    old_size, new_size = self._disk_size, self._end
+                    await loop.run_in_executor(self._executor, self._write_regions, old_size, new_size, regions)
+                    self._disk_size = new_size
+            except OSError as exc:
+                log.error("state file %s: write failed: %s", self.path, exc)
+                self._fail(waiters, exc)
+                continue
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _write_regions(self, old_size: int, new_size: int, regions: list[Region]) -> None:
+        assert self._journal is not None
+        self._journal.write_batch(self._fd, old_size, new_size, regions)
+
+    def _replace_file(self, doc: bytes) -> None:
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(doc)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert self._journal is not None
+        self._journal.invalidate()
+        os.replace(tmp, self.path)
+        self._sync_dir()
+        new_fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = new_fd
+        self._disk_size = len(doc)
+
+    def _sync_dir(self) -> None:
+        if self.fsync:
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
+        """A batch failed: undo it on disk, reload memory from disk, fail every pending change."""
+        pending, self._waiters = self._waiters, []
+        self._writes = []
+        self._rewrite = False
+        err = StoreError(f"could not write the state file {self.path}: {exc.strerror or exc}")
+        for fut in waiters + pending:
+            if not fut.done():
+                fut.set_exception(err)
+        try:
+            recover(self.path, self.journal_path)
+            self._load()
+        except (OSError, StateError) as again:
+            log.critical("state file %s: cannot reload after a failed write: %s", self.path, again)
+
+
+def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
+    """Coalesce a batch's writes into disjoint regions; a later write wins where
+    they overlap, and nothing lands past ``end`` (a relayout may have shrunk it)."""
+    if len(writes) == 1:
+        off, data = writes[0]
+        return [Region(off, data[: end - off])]
+    spans: list[list[int]] = []
+    for off, data in sorted(writes, key=lambda w: w[0]):
+        end = off + len(data)
+        if spans and off <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([off, end])
+    starts = [s[0] for s in spans]
+    buffers = [bytearray(e - s) for s, e in spans]
+    for off, data in writes:
+        i = bisect.bisect_right(starts, off) - 1
+        rel = off - starts[i]
+        buffers[i][rel : rel + len(data)] = data
+    return [Region(s[0], bytes(b[: end - s[0]])) for s, b in zip(spans, buffers) if s[0] < end]
