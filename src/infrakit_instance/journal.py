@@ -14,8 +14,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
-__all__ = ["Journal", "Region", "recover"]
+__all__ = ["Journal", "Region", "recover", "rolled_back"]
 
 _MAGIC = b"IKJ1"
 _HEAD = struct.Struct("<4sIQQI")  # magic, crc of the rest, old size, new size, region count
@@ -71,6 +72,8 @@ class Journal:
         self.path = path
         self.sync = sync
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        #: The record on disk is of a batch whose data write has not completed.
+        self.in_doubt = False
 
     def write_batch(self, data_fd: int, old_size: int, new_size: int, regions: list[Region]) -> None:
         """Save what ``regions`` overwrite, then write them into ``data_fd``."""
@@ -82,21 +85,25 @@ class Journal:
         if new_size < old_size:
             # A shrinking batch also loses what lies past its new end: save that too.
             saved.append((new_size, os.pread(data_fd, old_size - new_size, new_size), b""))
+        self.in_doubt = False
         _write_all(self.fd, _encode(old_size, new_size, saved), 0)
         if self.sync:
             os.fdatasync(self.fd)
+        self.in_doubt = True
         for r in regions:
             _write_all(data_fd, r.data, r.offset)
         if new_size < old_size:
             os.ftruncate(data_fd, new_size)
         if self.sync:
             os.fdatasync(data_fd)
+        self.in_doubt = False
 
     def invalidate(self) -> None:
         """Forget the last record (before the state file is replaced by rename)."""
         os.ftruncate(self.fd, 0)
         if self.sync:
             os.fsync(self.fd)
+        self.in_doubt = False
 
     def close(self) -> None:
         os.close(self.fd)
@@ -112,14 +119,47 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def recover(state_path: str, journal_path: str) -> str | None:
-    """Finish or undo an interrupted batch; say what was done (None: nothing to do)."""
+def _read_record(journal_path: str) -> tuple[int, int, list[tuple[int, bytes, int, int]]] | None:
     try:
         with open(journal_path, "rb") as f:
-            raw = f.read()
+            return _decode(f.read())
     except FileNotFoundError:
         return None
-    record = _decode(raw)
+
+
+def _complete(read: Callable[[int, int], bytes], size: int, new_size: int, regions: list[tuple[int, bytes, int, int]]) -> bool:
+    return size == new_size and all(
+        offset + new_len <= size and zlib.crc32(read(new_len, offset)) == new_crc
+        for offset, _, new_len, new_crc in regions
+    )
+
+
+def rolled_back(state_path: str, journal_path: str, force: bool = False) -> bytes:
+    """The state file as :func:`recover` would leave it, without writing anything
+    (for when the disk refuses writes)."""
+    with open(state_path, "rb") as f:
+        data = f.read()
+    record = _read_record(journal_path)
+    if record is None:
+        return data
+    old_size, new_size, regions = record
+    if not force and _complete(lambda n, off: data[off : off + n], len(data), new_size, regions):
+        return data
+    image = bytearray(data)
+    for offset, old, _, _ in regions:
+        if len(image) < offset + len(old):
+            image.extend(bytes(offset + len(old) - len(image)))
+        image[offset : offset + len(old)] = old
+    del image[old_size:]
+    return bytes(image)
+
+
+def recover(state_path: str, journal_path: str, force: bool = False) -> str | None:
+    """Finish or undo an interrupted batch; say what was done (None: nothing to do).
+
+    ``force`` undoes the last batch even if it looks complete: after a failed
+    write or fsync its clients were told it failed, so it must not reappear."""
+    record = _read_record(journal_path)
     if record is None:
         return None
     old_size, new_size, regions = record
@@ -128,12 +168,7 @@ def recover(state_path: str, journal_path: str) -> str | None:
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        complete = size == new_size and all(
-            zlib.crc32(os.pread(fd, new_len, offset)) == new_crc and offset + new_len <= size
-            for offset, _, new_len, new_crc in regions
-        )
-        if complete:
+        if not force and _complete(lambda n, off: os.pread(fd, n, off), os.fstat(fd).st_size, new_size, regions):
             outcome = None
         else:
             for offset, old, _, _ in regions:

@@ -86,7 +86,9 @@ class State:
         provider = doc.get("Provider", {})
         state.provider = orjson.dumps({} if provider is None else provider)
         for key in ("Instances", "NonFunctional"):
-            items = doc.get(key) or []
+            items = doc.get(key)
+            if items is None:
+                items = []
             if not isinstance(items, list):
                 raise StateError(f'"{key}" is not an array')
             target = state.instances if key == "Instances" else state.nonfunctional

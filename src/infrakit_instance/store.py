@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from ._impl import codec
-from .journal import Journal, Region, recover
+from .journal import Journal, Region, recover, rolled_back
 from .state import Record, State, StateError
 
 __all__ = ["FileStore", "Store", "StoreError", "UnknownInstance", "load_state_file"]
@@ -164,7 +164,8 @@ class FileStore(Store):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._failed: BaseException | None = None
+        self._unrecovered = False  # a failed batch is still on disk, undone only in memory
+        self._unrecovered_force = False
 
     @property
     def state(self) -> State:
@@ -355,6 +356,9 @@ class FileStore(Store):
                 continue
             waiters, self._waiters = self._waiters, []
             try:
+                if self._unrecovered:
+                    await loop.run_in_executor(self._executor, recover, self.path, self.journal_path, self._unrecovered_force)
+                    self._unrecovered = False
                 if self._rewrite:
                     doc = self._plan_rewrite()
                     await loop.run_in_executor(self._executor, self._replace_file, doc)
@@ -406,7 +410,8 @@ class FileStore(Store):
                 os.close(dfd)
 
     def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
-        """A batch failed: undo it on disk, reload memory from disk, fail every pending change."""
+        """A batch failed: fail it and every change made since, and put memory
+        back to what the disk durably holds (rolling the file back if it can)."""
         pending, self._waiters = self._waiters, []
         self._writes = []
         self._rewrite = False
@@ -414,12 +419,29 @@ class FileStore(Store):
         for fut in waiters + pending:
             if not fut.done():
                 fut.set_exception(err)
+        # Undo the failed batch even where it looks complete (its clients were
+        # told it failed), but never an earlier, acknowledged one.
+        force = self._journal is not None and self._journal.in_doubt
         try:
-            recover(self.path, self.journal_path)
-            self._load()
-        except (OSError, StateError) as again:
-            log.critical("state file %s: cannot reload after a failed write: %s", self.path, again)
-
+            recover(self.path, self.journal_path, force=force)
+            self._unrecovered = False
+        except OSError as again:
+            # The disk refuses even the rollback: serve what it durably holds,
+            # and roll back for real before the next write.
+            log.error("state file %s: rollback deferred: %s", self.path, again)
+            self._unrecovered = True
+            self._unrecovered_force = force
+        try:
+            data = rolled_back(self.path, self.journal_path, force=force and self._unrecovered)
+            state = State.from_document(orjson.loads(data))
+        except (OSError, ValueError) as again:
+            log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
+            return
+        if not _place(state, data):
+            self._rewrite = True
+        self._state = state
+        self._end = self._disk_size = len(data)
+        self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
 
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
     """Coalesce a batch's writes into disjoint regions; a later write wins where
@@ -429,11 +451,11 @@ def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
         return [Region(off, data[: end - off])]
     spans: list[list[int]] = []
     for off, data in sorted(writes, key=lambda w: w[0]):
-        end = off + len(data)
+        stop = off + len(data)
         if spans and off <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], end)
+            spans[-1][1] = max(spans[-1][1], stop)
         else:
-            spans.append([off, end])
+            spans.append([off, stop])
     starts = [s[0] for s in spans]
     buffers = [bytearray(e - s) for s, e in spans]
     for off, data in writes:
