@@ -349,3 +349,69 @@ def test_write_faults_give_errors_and_keep_the_file_valid(
         await store.close()
 
     run(main)
+
+
+# -- the state tools ----------------------------------------------------------------------
+
+
+def test_state_tools_check_compact_show(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from infrakit_instance.cli import main
+
+    path = str(tmp_path / "s.json")
+
+    async def fill() -> None:
+        store = FileStore(path)
+        await store.open()
+        await asyncio.gather(*(store.provision(record(i, "ab"[i % 2], extra=100)) for i in range(40)))
+        await asyncio.gather(*(store.destroy(f"id-{i}") for i in range(0, 40, 3)))
+        await store.close()
+
+    run(fill)
+    runner = CliRunner()
+    out = runner.invoke(main, ["state", "check", path])
+    assert out.exit_code == 0, out.output
+    assert "instances: 26" in out.output and "in-place editable" in out.output
+    holes = int(out.output.split("removals: ")[1].split()[0])
+    assert holes > 0
+    shown = runner.invoke(main, ["state", "show", path, "--tag", "infrakit.group=b"])
+    assert shown.exit_code == 0
+    assert [d["ID"] for d in json.loads(shown.output)] == [f"id-{i}" for i in range(40) if i % 2 and i % 3]
+    before = os.path.getsize(path)
+    assert runner.invoke(main, ["state", "compact", path]).exit_code == 0
+    assert os.path.getsize(path) == before - holes
+    assert "removals: 0 bytes" in runner.invoke(main, ["state", "check", path]).output
+    assert len(on_disk(path)) == 26
+
+    Path(path).write_text("{broken")
+    bad = runner.invoke(main, ["state", "check", path])
+    assert bad.exit_code == 1 and "not valid JSON" in bad.output
+
+
+def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    from infrakit_instance.store import StoreLocked
+
+    async def main() -> None:
+        first = FileStore(str(tmp_path / "s.json"))
+        await first.open()
+        second = FileStore(str(tmp_path / "s.json"))
+        with pytest.raises(StoreLocked, match="in use"):
+            await second.open()
+        await first.close()
+
+    run(main)
+
+
+def test_check_reports_a_pending_rollback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from infrakit_instance.cli import main
+
+    path, jpath, old = _prepare(tmp_path)
+    region = Region(len(old) - 4, b',\n{"ID":"c"}\n]}\n')
+    Path(jpath).write_bytes(journal_mod._encode(len(old), len(old) + 12, [(region.offset, old[region.offset :], region.data)]))
+    os.truncate(path, len(old) - 2)  # torn: the batch never completed
+    out = CliRunner().invoke(main, ["state", "check", path])
+    assert out.exit_code == 3 and "rolls it back" in out.output
+    assert Path(path).read_bytes() == old[:-2]  # check changed nothing

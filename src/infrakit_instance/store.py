@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import fcntl
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -33,7 +34,7 @@ from ._impl import codec
 from .journal import Journal, Region, recover, rolled_back
 from .state import Record, State, StateError
 
-__all__ = ["FileStore", "Store", "StoreError", "UnknownInstance", "load_state_file"]
+__all__ = ["FileStore", "Store", "StoreError", "StoreLocked", "UnknownInstance", "load_state_file", "place"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
 
 class StoreError(Exception):
     """The store could not persist a change (the change was not made)."""
+
+
+class StoreLocked(StoreError):
+    """Another process has the state file open."""
 
 
 class UnknownInstance(KeyError):
@@ -114,7 +119,7 @@ def load_state_file(path: str) -> tuple[State, bytes]:
         raise StateError(f"state file {path}: {exc}") from None
 
 
-def _place(state: State, data: bytes) -> bool:
+def place(state: State, data: bytes) -> bool:
     """Find each active element in a file of our own layout; False if it is not one."""
     head = codec.encode_document(state.provider, [r.element() for r in state.nonfunctional.values()], [])[0]
     head = head[: -len(_TAIL)]
@@ -175,6 +180,14 @@ class FileStore(Store):
 
     async def open(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # The journal is never replaced, so its lock outlives whole-file rewrites.
+        self._journal = Journal(self.journal_path, sync=self.fsync)
+        try:
+            fcntl.flock(self._journal.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._journal.close()
+            self._journal = None
+            raise StoreLocked(f"state file {self.path} is in use by another process (a running plugin?)") from None
         outcome = recover(self.path, self.journal_path)
         if outcome:
             log.warning("state file %s: %s", self.path, outcome)
@@ -185,13 +198,12 @@ class FileStore(Store):
     def _load(self) -> None:
         if os.path.exists(self.path):
             state, data = load_state_file(self.path)
-            placed = _place(state, data)
+            placed = place(state, data)
         else:
             state, data, placed = State(), b"", False
         self._state = state
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._journal = Journal(self.journal_path, sync=self.fsync)
         if placed:
             self._end = self._disk_size = len(data)
             self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
@@ -286,6 +298,11 @@ class FileStore(Store):
         if instance_id not in state.nonfunctional:
             raise UnknownInstance(instance_id)
         state.drop_nonfunctional(instance_id)
+        self._rewrite = True
+        return self._waiter()
+
+    def compact(self) -> asyncio.Future[None]:
+        """Rewrite the whole file, dropping the whitespace left by removals."""
         self._rewrite = True
         return self._waiter()
 
@@ -437,7 +454,7 @@ class FileStore(Store):
         except (OSError, ValueError) as again:
             log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
             return
-        if not _place(state, data):
+        if not place(state, data):
             self._rewrite = True
         self._state = state
         self._end = self._disk_size = len(data)

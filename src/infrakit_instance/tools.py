@@ -1,0 +1,135 @@
+"""``infrakit-instance state ...``: check, compact and show a state file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from .journal import rolled_back
+from .state import StateError
+from .store import FileStore, StoreLocked, load_state_file, place
+
+__all__ = ["state_group"]
+
+
+def _path(ctx: click.Context, path: str | None) -> str:
+    if path:
+        return path
+    from .cli import state_path
+
+    root = ctx.find_root()
+    return root.params.get("state") or state_path(root.params.get("name") or "instance-py")
+
+
+@click.group("state")
+def state_group() -> None:
+    """Inspect and maintain a state file (the plugin's --state, or PATH)."""
+
+
+@state_group.command("check")
+@click.argument("path", required=False)
+@click.pass_context
+def check(ctx: click.Context, path: str | None) -> None:
+    """Say whether the file is valid or recoverable, and what it holds. Changes nothing.
+
+    Exit status: 0 valid, 1 not usable, 3 valid once the next start finishes recovery."""
+    path = _path(ctx, path)
+    journal = path + ".journal"
+    if not os.path.exists(path):
+        click.echo(f"{path}: no such file (the plugin starts with no instances)")
+        return
+    try:
+        raw = open(path, "rb").read()
+        image = rolled_back(path, journal)
+    except OSError as exc:
+        click.echo(f"{path}: cannot read: {exc}", err=True)
+        sys.exit(1)
+    pending = image != raw
+    try:
+        if pending:
+            state = _parse(image, path)
+        else:
+            state, _ = load_state_file(path)
+    except StateError as exc:
+        click.echo(f"{path}: {exc}", err=True)
+        sys.exit(1)
+    in_place = place(state, image)
+    click.echo(f"{path}: valid JSON state, {len(image)} bytes")
+    click.echo(f"  instances: {len(state.instances)}")
+    click.echo(f"  non-functional: {len(state.nonfunctional)}")
+    click.echo(f"  layout: {'in-place editable' if in_place else 'other (the plugin rewrites it at start)'}")
+    if in_place:
+        holes = max(0, len(image) - len(state.document()[0]))
+        click.echo(f"  whitespace left by removals: {holes} bytes ({holes * 100 // len(image)}%)")
+    if pending:
+        click.echo("  an interrupted write is pending in the journal: the next start rolls it back")
+        sys.exit(3)
+
+
+def _parse(data: bytes, path: str) -> Any:
+    from .state import State
+
+    try:
+        return State.from_document(orjson.loads(data))
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"state file {path} is not valid JSON: {exc}") from None
+
+
+@state_group.command("compact")
+@click.argument("path", required=False)
+@click.pass_context
+def compact(ctx: click.Context, path: str | None) -> None:
+    """Recover and rewrite the file without the whitespace removals leave.
+    Refuses while a plugin has the file open."""
+    path = _path(ctx, path)
+    before = os.path.getsize(path) if os.path.exists(path) else 0
+
+    async def run() -> None:
+        store = FileStore(path)
+        await store.open()
+        try:
+            await store.compact()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except (StateError, StoreLocked, OSError) as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: {before} -> {os.path.getsize(path)} bytes")
+
+
+@state_group.command("show")
+@click.argument("path", required=False)
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only instances with this tag (repeatable: all must match).")
+@click.option("--properties", is_flag=True, help="Include each instance's provisioned Spec.")
+@click.option("--nonfunctional", is_flag=True, help="Show the NonFunctional array instead.")
+@click.pass_context
+def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties: bool, nonfunctional: bool) -> None:
+    """Print the instances as DescribeInstances would (JSON)."""
+    path = _path(ctx, path)
+    wanted: dict[str, str] = {}
+    for t in tags:
+        key, sep, value = t.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
+        wanted[key] = value
+    try:
+        state = _parse(rolled_back(path, path + ".journal"), path)
+    except (StateError, OSError) as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+    if nonfunctional:
+        records = [r for r in state.nonfunctional.values() if all(r.tags.get(k) == v for k, v in wanted.items())]
+        from ._impl import codec
+
+        answer = codec.join_descriptions(records, properties)
+    else:
+        answer = state.describe(wanted or None, properties)
+    click.echo(orjson.dumps(orjson.loads(answer), option=orjson.OPT_INDENT_2).decode())
