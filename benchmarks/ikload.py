@@ -24,21 +24,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 try:
     import uvloop
 except ImportError:  # the tool still works, only slower; the report says which loop ran
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 __all__ = [
     "METHODS",
     "LoadError",
     "Session",
+    "Target",
     "parse_mix",
     "parse_target",
     "probe",
@@ -89,8 +90,8 @@ class Target:
     """Where to connect: a unix socket path, or a TCP host and port."""
 
     path: str | None = None
-    host: str | None = None
-    port: int | None = None
+    host: str = ""
+    port: int = 0
 
     def __str__(self) -> str:
         return f"unix://{self.path}" if self.path else f"tcp://{self.host}:{self.port}"
@@ -112,8 +113,12 @@ def parse_target(spec: str) -> Target:
 
 def parse_mix(mix: str | Mapping[str, float]) -> dict[str, float]:
     """``"provision=3,destroy=1"`` (a bare name weighs 1) -> ``{"provision": 3.0, "destroy": 1.0}``."""
-    items = mix.items() if isinstance(mix, Mapping) else (
-        (name, weight or "1") for name, _, weight in (p.strip().partition("=") for p in mix.split(",") if p.strip())
+    items = (
+        mix.items()
+        if isinstance(mix, Mapping)
+        else (
+            (name, weight or "1") for name, _, weight in (p.strip().partition("=") for p in mix.split(",") if p.strip())
+        )
     )
     out: dict[str, float] = {}
     for name, weight in items:
@@ -173,29 +178,38 @@ class Session:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.tag = "%06x" % self.rng.getrandbits(24)  # keeps groups of two sessions on one state apart
+        self.tag = f"{self.rng.getrandbits(24):06x}"  # keeps groups of two sessions on one state apart
         # Random start: the C plugin names instances after the RPC id, so ids must not repeat across runs.
         self._next_id = _ID_LOW + self.rng.randrange(_ID_SPAN // 2)
 
     def group_name(self, index: int) -> str:
         return f"ikload-{self.tag}-g{index}"
 
-    def request(self, kind: str) -> bytes | None:
-        """Encoded request for ``kind``; None when it needs one of our ids and we have none."""
+    def provision(self) -> bytes:
+        """An encoded Provision; every ``group_size`` of them share one infrakit.group tag."""
         rpc_id = self._next_id
         self._next_id += 1
+        key = ("p", self.provisioned // self.group_size)
+        self.provisioned += 1
+        tpl = self._cache.get(key) or self._cache.setdefault(
+            key, _template(METHODS["provision"], _provision_params(self.group_name(key[1])))
+        )
+        return b"%s%s%d}" % (tpl[0], tpl[1], rpc_id)
+
+    def request(self, kind: str) -> bytes | None:
+        """Encoded request for ``kind``; None when it needs one of our ids and we have none."""
         if kind == "provision":
-            key = ("p", self.provisioned // self.group_size)
-            self.provisioned += 1
-            tpl = self._cache.get(key) or self._cache.setdefault(
-                key, _template(METHODS[kind], _provision_params(self.group_name(key[1])))
-            )
-        elif kind == "describe-group":
+            return self.provision()
+        rpc_id = self._next_id
+        self._next_id += 1
+        if kind == "describe-group":
             key = ("g", self.rng.randrange(max(1, self.provisioned // self.group_size)))
             tpl = self._cache.get(key) or self._cache.setdefault(
                 key,
-                _template(METHODS[kind], b'{"Type":"","Tags":{"infrakit.group":"%s"},"Properties":false}'
-                          % self.group_name(key[1]).encode()),
+                _template(
+                    METHODS[kind],
+                    b'{"Type":"","Tags":{"infrakit.group":"%s"},"Properties":false}' % self.group_name(key[1]).encode(),
+                ),
             )
         elif kind in _NEEDS_OWN_ID:
             if not self.own_ids:
@@ -245,11 +259,14 @@ def _classify(body: bytes) -> int | None:
         return None
     err = doc.get("error")
     if isinstance(err, dict) and isinstance(err.get("code"), int):
-        return err["code"]
+        return int(err["code"])
     return _BAD
 
 
 _BAD = 1 << 40  # sentinel code: not a JSON-RPC response at all
+# A _Conn's transport until connection_made; a bare Transport whose methods all raise.
+_NO_TRANSPORT = asyncio.Transport()
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +321,13 @@ def _percentiles(sorted_s: list[float]) -> dict[str, float | None]:
     def rank(q: float) -> float:  # nearest-rank percentile
         return round(sorted_s[max(0, math.ceil(q * n) - 1)] * 1e3, 3)
 
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": rank(1.0),
-            "mean": round(sum(sorted_s) / n * 1e3, 3)}
+    return {
+        "p50": rank(0.5),
+        "p90": rank(0.9),
+        "p99": rank(0.99),
+        "max": rank(1.0),
+        "mean": round(sum(sorted_s) / n * 1e3, 3),
+    }
 
 
 def _read_status_kb(pid: int, key: str) -> int | None:
@@ -324,12 +346,27 @@ def _read_status_kb(pid: int, key: str) -> int | None:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("drv", "transport", "buf", "kind", "data", "t0", "served", "in_flight", "closed",
-                 "status", "head_end", "need", "close_after", "chunk_pos", "chunks")
+    __slots__ = (
+        "drv",
+        "transport",
+        "buf",
+        "kind",
+        "data",
+        "t0",
+        "served",
+        "in_flight",
+        "closed",
+        "status",
+        "head_end",
+        "need",
+        "close_after",
+        "chunk_pos",
+        "chunks",
+    )
 
-    def __init__(self, drv: _Driver) -> None:
+    def __init__(self, drv: _Driver | _Probe) -> None:
         self.drv = drv
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = _NO_TRANSPORT
         self.buf = bytearray()
         self.kind = ""
         self.data = b""  # the request in flight, kept (not copied) in case it must be resent
@@ -370,11 +407,12 @@ class _Conn(asyncio.Protocol):
                 end = self.head_end + self.need
                 if len(buf) < end:
                     return
-                body = bytes(buf[self.head_end:end])
+                body = bytes(buf[self.head_end : end])
             elif self.need == -1:
-                body = self._parse_chunks()
-                if body is None:
+                chunked = self._parse_chunks()
+                if chunked is None:
                     return
+                body = chunked
                 end = self.chunk_pos
             else:
                 return  # body runs to EOF
@@ -426,8 +464,9 @@ class _Conn(asyncio.Protocol):
         self.status = code
         self.head_end = end
         self.need = length
-        self.close_after = conn_hdr == b"close" or (version == b"HTTP/1.0" and conn_hdr != b"keep-alive") \
-            or length == -2
+        self.close_after = (
+            conn_hdr == b"close" or (version == b"HTTP/1.0" and conn_hdr != b"keep-alive") or length == -2
+        )
         return True
 
     def _parse_chunks(self) -> bytes | None:
@@ -444,16 +483,16 @@ class _Conn(asyncio.Protocol):
                 return None
             if size == 0:
                 # Trailers (usually none) end with an empty line.
-                term = buf.find(b"\r\n\r\n", eol - 1) if buf[eol - 1:eol] == b"\r" else buf.find(b"\n\n", eol - 1)
+                term = buf.find(b"\r\n\r\n", eol - 1) if buf[eol - 1 : eol] == b"\r" else buf.find(b"\n\n", eol - 1)
                 if term < 0:
                     return None
-                self.chunk_pos = term + (4 if buf[term:term + 1] == b"\r" else 2)
+                self.chunk_pos = term + (4 if buf[term : term + 1] == b"\r" else 2)
                 return b"".join(self.chunks)
             start = eol + 1
             if len(buf) < start + size + 2:
                 return None
-            self.chunks.append(bytes(buf[start:start + size]))
-            pos = start + size + (2 if buf[start + size:start + size + 1] == b"\r" else 1)
+            self.chunks.append(bytes(buf[start : start + size]))
+            pos = start + size + (2 if buf[start + size : start + size + 1] == b"\r" else 1)
             self.chunk_pos = pos
 
     def _finish(self, body: bytes, nbytes: int) -> None:
@@ -465,7 +504,7 @@ class _Conn(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.in_flight and self.head_end >= 0 and self.need == -2:
-            body = bytes(self.buf[self.head_end:])
+            body = bytes(self.buf[self.head_end :])
             nbytes = len(self.buf)
             self.buf.clear()
             self._finish(body, nbytes)
@@ -481,8 +520,7 @@ class _Conn(asyncio.Protocol):
 
 
 class _Driver:
-    def __init__(self, session: Session, connections: int, timeout: float, progress: bool,
-                 pid: int | None) -> None:
+    def __init__(self, session: Session, connections: int, timeout: float, progress: bool, pid: int | None) -> None:
         self.s = session
         self.loop = asyncio.get_running_loop()
         self.connections = connections
@@ -491,8 +529,8 @@ class _Driver:
         self.pid = pid
         self.idle: list[_Conn] = []
         self.live: set[_Conn] = set()
-        self.phase: _Phase | None = None
-        self.done_fut: asyncio.Future[None] | None = None
+        self.phase = _Phase([])
+        self.done_fut: asyncio.Future[None] = self.loop.create_future()
         self.schedule: list[str] = []
         self.sched_i = 0
         self.remaining = 0  # requests still to issue; -1 means unbounded (deadline only)
@@ -507,8 +545,9 @@ class _Driver:
 
     # -- phases --------------------------------------------------------------------------------
 
-    async def run_phase(self, mix: dict[str, float], *, duration: float | None, requests: int | None,
-                        label: str) -> _Phase:
+    async def run_phase(
+        self, mix: dict[str, float], *, duration: float | None, requests: int | None, label: str
+    ) -> _Phase:
         phase = _Phase(list(mix))
         self.phase = phase
         self.label = label
@@ -552,7 +591,7 @@ class _Driver:
                 return None
             self.phase.substituted += 1
             kind = "provision"
-            data = self.s.request(kind)
+            data = self.s.provision()
         if self.remaining > 0:
             self.remaining -= 1
         return kind, data
@@ -616,8 +655,9 @@ class _Driver:
             if close_after:
                 self.s.keepalive = False
             self._drop(conn)
-            conn = None
-        self._settle(conn)
+            self._settle(None)
+        else:
+            self._settle(conn)
 
     def _keep_id(self, body: bytes, phase: _Phase) -> None:
         try:
@@ -650,9 +690,11 @@ class _Driver:
             return
         if not conn.in_flight:
             return
-        if conn.served and not conn.buf and exc is None and self.s.keepalive:
-            # A reused connection closed before any answer byte: the server closes after each
-            # answer and never read this request. Switch to a connection per request and resend.
+        if conn.served and not conn.buf:
+            # A reused connection closed (EOF, or a reset from writing into it) before any answer
+            # byte: the server closes after answering and never read this request. Switch the
+            # target to a connection per request and resend on a fresh one (never reused, so this
+            # happens at most once per request).
             self.s.keepalive = False
             self.resent += 1
             conn.in_flight = False
@@ -661,7 +703,7 @@ class _Driver:
         self.fail(conn, "reset" if exc is not None else "eof")
 
     def _drop(self, conn: _Conn) -> None:
-        if conn.transport is not None and not conn.closed:
+        if conn.transport is not _NO_TRANSPORT and not conn.closed:
             conn.transport.close()
         self.live.discard(conn)
 
@@ -702,18 +744,49 @@ class _Driver:
 # Probe (readiness and keep-alive detection)
 
 
+class _Probe:
+    """Stands in for the driver while a probe sends single requests over a :class:`_Conn`."""
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[tuple[int, bytes, bool] | None] = asyncio.get_running_loop().create_future()
+
+    async def ask(self, conn: _Conn, kind: str, timeout: float) -> tuple[int, bytes, bool] | None:
+        """(status, body, server closes after it), or None if the connection closed unanswered."""
+        self.fut = asyncio.get_running_loop().create_future()
+        if conn.closed:
+            return None
+        conn.send(kind, _one_off(METHODS[kind], b"{}", _ID_LOW + random.randrange(_ID_SPAN)))
+        return await asyncio.wait_for(self.fut, timeout)
+
+    def done(self, conn: _Conn, status: int, body: bytes, nbytes: int, close_after: bool) -> None:
+        if not self.fut.done():
+            self.fut.set_result((status, body, close_after))
+
+    def fail(self, conn: _Conn, kind: str) -> None:
+        conn.in_flight = False
+        if not self.fut.done():
+            self.fut.set_exception(LoadError(f"{kind} while probing"))
+
+    def lost(self, conn: _Conn, exc: Exception | None) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+
 async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any]]:
     """Send Plugin.Implements twice on one connection; answer whether the second was answered.
 
     Plugin.Implements is the one handshake every generation of plugin answers (the C plugin knows no
-    other). Always writes right after connecting: the C plugin exits when a connection closes unused.
+    other). Writes right after connecting: the C plugin exits when a connection closes unused.
     """
+    loop = asyncio.get_running_loop()
+    pr = _Probe()
     if target.path is not None:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(target.path), timeout)
+        opening = loop.create_unix_connection(lambda: _Conn(pr), target.path)
     else:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), timeout)
+        opening = loop.create_connection(lambda: _Conn(pr), target.host, target.port)
+    _, conn = await asyncio.wait_for(opening, timeout)
     try:
-        first = await asyncio.wait_for(_exchange(reader, writer), timeout)
+        first = await pr.ask(conn, "implements", timeout)
         if first is None:
             raise LoadError(f"{target}: closed the connection without answering Plugin.Implements")
         status, body, close_after = first
@@ -722,46 +795,13 @@ async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any]]:
         info = orjson.loads(body)["result"]
         if close_after:
             return False, info
-        # Give a closing server a moment to close, so the second request is not written into it.
+        # Give a server that closes after each answer a moment to do so before writing again.
         await asyncio.sleep(0.02)
-        try:
-            second = await asyncio.wait_for(_exchange(reader, writer), timeout)
-        except (ConnectionError, OSError):
-            second = None
+        second = await pr.ask(conn, "implements", timeout)
         return second is not None and second[0] == 200, info
     finally:
-        writer.close()
-
-
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                    ) -> tuple[int, bytes, bool] | None:
-    """One Plugin.Implements round trip on a stream (probe only, so streams are fine here)."""
-    writer.write(_one_off("Plugin.Implements", b"{}", _ID_LOW + random.randrange(_ID_SPAN)))
-    await writer.drain()
-    head = b""
-    while b"\n\r\n" not in head and b"\n\n" not in head:
-        chunk = await reader.read(4096)
-        if not chunk:
-            return None
-        head += chunk
-    i, j = head.find(b"\n\r\n"), head.find(b"\n\n")
-    end = i + 3 if j < 0 or (0 <= i < j) else j + 2
-    head, body = head[:end], head[end:]
-    lines = head.split(b"\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
-    close_after = headers.get(b"connection", b"").lower() == b"close" or lines[0].startswith(b"HTTP/1.0")
-    length = headers.get(b"content-length")
-    if length is None:
-        body += await reader.read()
-        close_after = True
-    else:
-        while len(body) < int(length):
-            chunk = await reader.read(int(length) - len(body))
-            if not chunk:
-                return None
-            body += chunk
-    return status, body, close_after
+        if not conn.closed:
+            conn.transport.close()
 
 
 def probe(target: str | Target, timeout: float = 5.0) -> dict[str, Any]:
@@ -778,7 +818,7 @@ def probe(target: str | Target, timeout: float = 5.0) -> dict[str, Any]:
 # run_load
 
 
-def _run(coro: Any) -> Any:
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
     if uvloop is not None:
         return uvloop.run(coro)
     return asyncio.run(coro)
@@ -815,13 +855,36 @@ def run_load(
         t = parse_target(target) if isinstance(target, str) else target
         session = Session(t, group_size=group_size, seed=seed)
     weights = parse_mix(mix)
-    return _run(_run_load(session, weights, connections, duration, requests, warmup, prefill,
-                          max_prefill_seconds, timeout, pid, progress))
+    return _run(
+        _run_load(
+            session,
+            weights,
+            connections,
+            duration,
+            requests,
+            warmup,
+            prefill,
+            max_prefill_seconds,
+            timeout,
+            pid,
+            progress,
+        )
+    )
 
 
-async def _run_load(s: Session, mix: dict[str, float], connections: int, duration: float | None,
-                    requests: int | None, warmup: float, prefill: int, max_prefill_seconds: float | None,
-                    timeout: float, pid: int | None, progress: bool) -> dict[str, Any]:
+async def _run_load(
+    s: Session,
+    mix: dict[str, float],
+    connections: int,
+    duration: float | None,
+    requests: int | None,
+    warmup: float,
+    prefill: int,
+    max_prefill_seconds: float | None,
+    timeout: float,
+    pid: int | None,
+    progress: bool,
+) -> dict[str, Any]:
     if s.keepalive is None:
         s.keepalive, _ = await _probe(s.target, timeout)
     drv = _Driver(s, connections, timeout, progress, pid)
@@ -835,8 +898,9 @@ async def _run_load(s: Session, mix: dict[str, float], connections: int, duratio
     try:
         if prefill:
             before = len(s.own_ids)
-            ph = await drv.run_phase({"provision": 1.0}, duration=max_prefill_seconds, requests=prefill,
-                                     label="prefill")
+            ph = await drv.run_phase(
+                {"provision": 1.0}, duration=max_prefill_seconds, requests=prefill, label="prefill"
+            )
             rep = ph.report()
             out["prefill"] = {
                 "requested": prefill,
@@ -872,16 +936,19 @@ async def _run_load(s: Session, mix: dict[str, float], connections: int, duratio
 
 
 _CANNED_BODY = b'{"jsonrpc":"2.0","result":{"Type":"","OK":true},"id":1}'
-_CANNED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-           % (len(_CANNED_BODY), _CANNED_BODY))
+_CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(_CANNED_BODY),
+    _CANNED_BODY,
+)
 
 
 class _CannedServer(asyncio.Protocol):
-    """Answers every complete request with the same tiny JSON-RPC result, keep-alive."""
+    """Answers every complete request with the same tiny JSON-RPC result (keep-alive or not)."""
 
-    def __init__(self) -> None:
+    def __init__(self, close: bool) -> None:
+        self.close = close
         self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = _NO_TRANSPORT
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -894,37 +961,48 @@ class _CannedServer(asyncio.Protocol):
             if end < 0:
                 return
             i = buf.find(b"Content-Length: ", 0, end)
-            n = int(buf[i + 16:buf.find(b"\r\n", i)]) if i >= 0 else 0
+            n = int(buf[i + 16 : buf.find(b"\r\n", i)]) if i >= 0 else 0
             if len(buf) < end + 4 + n:
                 return
-            del buf[:end + 4 + n]
+            del buf[: end + 4 + n]
             self.transport.write(_CANNED)
+            if self.close:
+                self.transport.close()
+                return
 
 
 async def _serve_canned(path: str) -> None:
-    server = await asyncio.get_running_loop().create_unix_server(_CannedServer, path)
-    async with server:
-        await server.serve_forever()
+    loop = asyncio.get_running_loop()
+    keep = await loop.create_unix_server(lambda: _CannedServer(close=False), path)
+    close = await loop.create_unix_server(lambda: _CannedServer(close=True), path + ".close")
+    async with keep, close:
+        await asyncio.gather(keep.serve_forever(), close.serve_forever())
 
 
-def self_test_ceiling(seconds: float = 3.0, connections: int = 16) -> dict[str, Any]:
-    """Run a canned uvloop server in a subprocess (its own core) and measure ikload against it."""
+def self_test_ceiling(seconds: float = 3.0, connections: int = 16) -> dict[str, dict[str, Any]]:
+    """ikload's own ceiling: a canned uvloop server in a subprocess (so on its own core).
+
+    Measured twice: keep-alive, and one connection per request (how the C plugin is driven).
+    A plugin measured near these figures is measuring ikload, not the plugin.
+    """
     with tempfile.TemporaryDirectory(prefix="ikload-") as tmp:
         sock = os.path.join(tmp, "canned.sock")
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-canned", sock])
         try:
             deadline = time.monotonic() + 10
-            while not os.path.exists(sock):
+            while not os.path.exists(sock + ".close"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise LoadError("canned server did not start")
                 time.sleep(0.02)
-            res = run_load(sock, mix="validate=1", connections=connections, duration=seconds,
-                           warmup=0.5, pid=proc.pid)
+            return {
+                name: run_load(
+                    path, mix="validate=1", connections=connections, duration=seconds, warmup=0.5, pid=proc.pid
+                )
+                for name, path in (("keepalive", sock), ("per_request", sock + ".close"))
+            }
         finally:
             proc.terminate()
             proc.wait(5)
-    res["self_test"] = True
-    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -936,14 +1014,16 @@ def _fmt_report(r: dict[str, Any]) -> str:
     lines = []
     if "prefill" in r:
         p = r["prefill"]
-        lines.append(f"prefill     {p['reached']} instances in {p['seconds']:.2f} s ({p['rps']:,.0f}/s)"
-                     + ("  CAPPED" if p["capped"] else "") + (f"  errors {p['errors']}" if p["errors"] else ""))
+        lines.append(
+            f"prefill     {p['reached']} instances in {p['seconds']:.2f} s ({p['rps']:,.0f}/s)"
+            + ("  CAPPED" if p["capped"] else "")
+            + (f"  errors {p['errors']}" if p["errors"] else "")
+        )
     lines += [
         f"target      {r['target']}  ({r['connections']} connections, "
         f"{'keep-alive' if r['keepalive'] else 'one connection per request'}, {r['loop']})",
         f"mix         {', '.join(f'{k}={v:g}' for k, v in r['mix'].items())}",
-        f"requests    {r['requests']} in {r['seconds']:.2f} s = {r['rps']:,.1f} req/s "
-        f"({r['ok_rps']:,.1f} ok/s)",
+        f"requests    {r['requests']} in {r['seconds']:.2f} s = {r['rps']:,.1f} req/s ({r['ok_rps']:,.1f} ok/s)",
         f"latency ms  p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
         f"responses   {r['response_bytes_per_s'] / 1e6:,.2f} MB/s",
         f"errors      {r['error_total']}" + (f"  {r['errors']}" if r["errors"] else ""),
@@ -982,8 +1062,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (ids, groups, mix order)")
     p.add_argument("--progress", action="store_true", help="live progress line even if stderr is no tty")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--self-test-ceiling", action="store_true",
-                   help="measure ikload's own ceiling against a canned server (16 connections)")
+    p.add_argument(
+        "--self-test-ceiling",
+        action="store_true",
+        help="measure ikload's own ceiling against a canned server (16 connections)",
+    )
     p.add_argument("--serve-canned", metavar="SOCKET", help=argparse.SUPPRESS)
     return p
 
@@ -1003,16 +1086,32 @@ def main(argv: list[str] | None = None) -> int:
             _parser().error("a target is needed (or --self-test-ceiling)")
         else:
             res = run_load(
-                args.target, mix=args.mix, connections=args.connections, duration=args.duration,
-                requests=args.requests, warmup=args.warmup, prefill=args.prefill,
-                max_prefill_seconds=args.max_prefill_seconds, group_size=args.group_size,
-                timeout=args.timeout, pid=args.pid, progress=args.progress or sys.stderr.isatty(),
+                args.target,
+                mix=args.mix,
+                connections=args.connections,
+                duration=args.duration,
+                requests=args.requests,
+                warmup=args.warmup,
+                prefill=args.prefill,
+                max_prefill_seconds=args.max_prefill_seconds,
+                group_size=args.group_size,
+                timeout=args.timeout,
+                pid=args.pid,
+                progress=args.progress or sys.stderr.isatty(),
                 seed=args.seed,
             )
-    except (LoadError, OSError, asyncio.TimeoutError) as e:
+    except asyncio.TimeoutError:
+        print(f"ikload: no answer to the handshake probe within {args.timeout:g} s", file=sys.stderr)
+        return 2
+    except (LoadError, OSError) as e:
         print(f"ikload: {e or type(e).__name__}", file=sys.stderr)
         return 2
-    print(json.dumps(res, indent=2) if args.json else _fmt_report(res))
+    if args.json:
+        print(json.dumps(res, indent=2))
+    elif args.self_test_ceiling:
+        print("\n\n".join(f"== ceiling, {name.replace('_', ' ')}\n{_fmt_report(r)}" for name, r in res.items()))
+    else:
+        print(_fmt_report(res))
     return 0
 
 
