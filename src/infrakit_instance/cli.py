@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from . import IMPLEMENTATION, __version__
 from .state import StateError
+from .store import StoreError
+from .tools import state_group
+
+if TYPE_CHECKING:
+    from .provider import Provider
 
 __all__ = ["main", "plugins_dir", "state_path"]
 
@@ -35,6 +41,30 @@ def plugins_dir() -> str:
 
 def state_path(name: str) -> str:
     return os.path.join(infrakit_home(), "state", f"{name}.json")
+
+
+class _KeyValue(click.types.StringParamType):
+    """``key=value``; from the environment variable, one per line."""
+
+    name = "key=value"
+    envvar_list_splitter = "\n"
+
+
+def _load_provider(spec: str, config_file: str | None, opts: tuple[str, ...]) -> Provider:
+    """The provider, or a click error saying what is wrong with its name or options."""
+    from .providers import ProviderSpecError, load_provider, parse_option, read_options_file
+
+    hint = "--provider-config"
+    try:
+        options = read_options_file(config_file) if config_file else {}
+        hint = "--provider-opt"
+        for opt in opts:
+            key, value = parse_option(opt)
+            options[key] = value
+        hint = "--provider"
+        return load_provider(spec, options)
+    except ProviderSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 def _setup_logging(level: int) -> None:
@@ -63,6 +93,11 @@ class _Main(click.Group):
 @click.option("--max-body", type=click.IntRange(1), default=16 * 1024 * 1024, show_default=True, show_envvar=True, help="Largest request body accepted, in bytes (larger: HTTP 413).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True, show_envvar=True, help="Seconds before an idle keep-alive connection is closed.")
 @click.option("--socket-mode", default="0600", show_default=True, show_envvar=True, help="Permissions of the unix socket, in octal.")
+@click.option("--provider", "provider_spec", envvar="INFRAKIT_INSTANCE_PROVIDER", default="logical", show_default=True, show_envvar=True, help="What provisions real instances: a registered name (logical, exec, or one from the infrakit_instance.providers entry points) or module:attribute (or path/to/file.py:attribute).")
+@click.option("--provider-config", type=click.Path(dir_okay=False), default=None, show_envvar=True, help="JSON file (YAML for .yaml/.yml, with PyYAML) holding the provider's options object.")
+@click.option("--provider-opt", "provider_opts", envvar="INFRAKIT_INSTANCE_PROVIDER_OPT", type=_KeyValue(), multiple=True, show_envvar=True, help="A provider option as key=value (value parsed as JSON when it parses, else a string); repeatable, overrides --provider-config. In the environment variable: one per line.")
+@click.option("--sync-interval", type=click.FloatRange(min=0), default=None, show_envvar=True, help="Seconds between syncs with the provider (broken instances to NonFunctional, recovered ones back, gone ones removed); 0: only on SIGHUP/SIGUSR1. [default: 0 for the logical provider, 60 otherwise]")
+@click.option("--provider-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True, show_envvar=True, help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -74,12 +109,18 @@ def main(
     max_body: int,
     idle_timeout: float,
     socket_mode: str,
+    provider_spec: str,
+    provider_config: str | None,
+    provider_opts: tuple[str, ...],
+    sync_interval: float | None,
+    provider_timeout: float,
 ) -> None:
     """InfraKit instance plugin: serves InfraKit's Instance API (0.1.0 to 0.6.1) on a
     unix socket and keeps every instance in one JSON state file."""
     _setup_logging(log_level)
     if ctx.invoked_subcommand is not None:
         return
+    from .provider import ProviderError
     from .server import Config, SocketInUse, run
 
     try:
@@ -102,11 +143,17 @@ def main(
         max_body=max_body,
         idle_timeout=idle_timeout,
         socket_mode=mode,
+        provider=_load_provider(provider_spec, provider_config, provider_opts),
+        provider_timeout=provider_timeout,
+        sync_interval=sync_interval,
     )
     try:
         code = run(config)
-    except (SocketInUse, StateError) as exc:
+    except (SocketInUse, StateError, StoreError) as exc:
         click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+    except ProviderError as exc:
+        click.echo(f"infrakit-instance: provider {provider_spec!r} could not start: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:
         click.echo(f"infrakit-instance: {exc}", err=True)
@@ -131,3 +178,6 @@ def version() -> None:
     click.echo(f"uvloop: {uv}")
     click.echo(f"orjson: {orjson.__version__}")
     click.echo("instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1")
+
+
+main.add_command(state_group)

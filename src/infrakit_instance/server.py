@@ -23,9 +23,10 @@ from typing import Any
 
 from ._impl import http
 from .plugin import Plugin
-from .provider import Provider
+from .provider import BoundedProvider, LogicalProvider, Provider, ProviderError
 from .rpc import Dispatcher
 from .store import FileStore, Store
+from .sync import Syncer
 
 __all__ = ["Config", "Connection", "Server", "SocketInUse", "run"]
 
@@ -52,6 +53,14 @@ class Config:
     socket_mode: int = 0o600
     shutdown_timeout: float = 10.0
     provider: Provider | None = None
+    # Provider wiring: every provider call is bounded by provider_timeout (0: unbounded);
+    # sync_interval None means 0 (off) for the logical provider, DEFAULT_SYNC_INTERVAL otherwise.
+    provider_timeout: float = 30.0
+    sync_interval: float | None = None
+
+
+#: Seconds between syncs with a provider other than the logical one, unless configured.
+DEFAULT_SYNC_INTERVAL = 60.0
 
 
 class Connection(asyncio.Protocol):
@@ -234,7 +243,12 @@ class Server:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.store = store or FileStore(config.state, fsync=config.fsync)
-        self.plugin = Plugin(self.store, config.provider, config.name)
+        provider = BoundedProvider(config.provider or LogicalProvider(), config.provider_timeout)
+        self.plugin = Plugin(self.store, provider, config.name)
+        interval = config.sync_interval
+        if interval is None:
+            interval = 0.0 if provider.logical else DEFAULT_SYNC_INTERVAL
+        self.syncer = Syncer(self.store, provider, interval)
         self.dispatcher = Dispatcher(self.plugin.methods)
         self.api_info = self.plugin.api_info()
         self.connections: set[Connection] = set()
@@ -259,6 +273,7 @@ class Server:
             claim_socket_path(unix_path)
         await self.store.open()
         await self.plugin.provider.start()
+        self.syncer.start()
         loop = asyncio.get_running_loop()
         if unix_path is None:
             host, _, port = listen[6:].rpartition(":")
@@ -287,6 +302,7 @@ class Server:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        await self.syncer.stop()
         for path in (self._socket_path, self._listen_file):
             if path:
                 with contextlib.suppress(FileNotFoundError):
@@ -299,7 +315,10 @@ class Server:
                 log.warning("%d requests still in flight after %.0f s; stopping anyway", self.inflight, self.config.shutdown_timeout)
         for conn in list(self.connections):
             conn.close_when_idle()
-        await self.plugin.provider.stop()
+        try:
+            await self.plugin.provider.stop()
+        except ProviderError as exc:
+            log.error("provider: %s", exc)
         await self.store.close()
 
 
@@ -347,6 +366,8 @@ def run(config: Config) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        for sig in (signal.SIGHUP, signal.SIGUSR1):  # sync with the provider now
+            loop.add_signal_handler(sig, server.syncer.request)
         await stop.wait()
         log.info("shutting down")
         await server.stop()
