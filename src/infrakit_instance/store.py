@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ._impl import codec
-from .journal import Journal, Region, recover, rolled_back
+from .journal import Journal, Record as UndoRecord, Region, recover, repair_torn_append, rolled_back
 from .state import Record, State, StateError
 
 __all__ = ["FileStore", "Store", "StoreError", "StoreLocked", "UnknownInstance", "load_state_file", "place"]
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _TAIL = codec.TAIL
 _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
+_PAD_MIN = 64 * 1024
 
 
 class StoreError(Exception):
@@ -100,10 +101,8 @@ class Store(ABC):
         return self.state.describe(tags, properties)
 
 
-def load_state_file(path: str) -> tuple[State, bytes]:
-    """Parse a state file (any layout); raise :class:`StateError` saying what is wrong."""
-    with open(path, "rb") as f:
-        data = f.read()
+def parse_state(data: bytes, path: str) -> State:
+    """A state document; raise :class:`StateError` saying what is wrong."""
     if not data.strip():
         raise StateError(
             f"state file {path} is empty (a crash of a plugin that truncates its state can leave this);"
@@ -114,20 +113,37 @@ def load_state_file(path: str) -> tuple[State, bytes]:
     except orjson.JSONDecodeError as exc:
         raise StateError(f"state file {path} is not valid JSON: {exc}") from None
     try:
-        return State.from_document(doc), data
+        return State.from_document(doc)
     except StateError as exc:
         raise StateError(f"state file {path}: {exc}") from None
 
 
-def place(state: State, data: bytes) -> bool:
-    """Find each active element in a file of our own layout; False if it is not one."""
+def load_state_file(path: str, data: bytes | None = None) -> tuple[State, bytes, bool]:
+    """Parse a state file (any layout): the state, the document, and whether it
+    had to be repaired (an append cut short by a crash; see :mod:`journal`)."""
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        return parse_state(data, path), data, False
+    except StateError:
+        repaired = repair_torn_append(data, _TAIL)
+        if repaired is None:
+            raise
+    return parse_state(repaired, path), repaired, True
+
+
+def place(state: State, data: bytes) -> int:
+    """Find each active element in a file of our own layout; return where the
+    document ends (padding may follow), or -1 if the file is not of our layout."""
     head = codec.encode_document(state.provider, [r.element() for r in state.nonfunctional.values()], [])[0]
     head = head[: -len(_TAIL)]
-    if not data.startswith(head) or not data.endswith(_TAIL):
-        return False
+    end = len(data.rstrip(b" "))
+    if not data.startswith(head) or not data[:end].endswith(_TAIL):
+        return -1
     records = iter(state.instances.values())
     pos = len(head) + 1  # past the newline after '['
-    body = data[len(head) + 1 : len(data) - len(_TAIL)]
+    body = data[len(head) + 1 : end - len(_TAIL)]
     first = True
     for line in body.split(b"\n") if body else ():
         content = line.strip(b" ")
@@ -136,16 +152,23 @@ def place(state: State, data: bytes) -> bool:
         if content:
             rec = next(records, None)
             if rec is None or not content.startswith(b'{"ID":' + orjson.dumps(rec.id) + b","):
-                return False
+                return -1
             lead = len(line) - len(line.lstrip(b" "))
             # Each live element but the first owns the comma two bytes before it.
             if not first and data[pos + lead - 2 : pos + lead - 1] != b",":
-                return False
+                return -1
             rec.off = pos + lead
             rec.size = len(content)
             first = False
         pos += len(line) + 1
-    return next(records, None) is None
+    return end if next(records, None) is None else -1
+
+
+def _padding(end: int) -> int:
+    """Spaces kept past the document's end, so that appends overwrite allocated
+    bytes and the file size (inode metadata) rarely changes: that makes each
+    append's fdatasync a plain data flush.  JSON allows trailing whitespace."""
+    return max(_PAD_MIN, end // 8)
 
 
 class FileStore(Store):
@@ -160,17 +183,19 @@ class FileStore(Store):
         self._fd = -1
         self._journal: Journal | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="infrakit-store")
-        self._end = 0  # file size once every pending write is made
+        self._end = 0  # where the document ends once every pending write is made
+        self._size = 0  # the file size then (the document and its padding)
         self._live = 0  # about what the file would take compacted
         self._disk_size = 0  # file size on disk now
         self._writes: list[tuple[int, bytes]] = []
+        self._in_place = False  # the pending batch overwrites more than the closing bytes
         self._rewrite = False
         self._waiters: list[asyncio.Future[None]] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._unrecovered = False  # a failed batch is still on disk, undone only in memory
-        self._unrecovered_force = False
+        self._undo: UndoRecord | None = None  # how to undo it there
 
     @property
     def state(self) -> State:
@@ -188,7 +213,7 @@ class FileStore(Store):
             self._journal.close()
             self._journal = None
             raise StoreLocked(f"state file {self.path} is in use by another process (a running plugin?)") from None
-        outcome = recover(self.path, self.journal_path)
+        outcome = recover(self.path, self.journal_path, sync=self.fsync)
         if outcome:
             log.warning("state file %s: %s", self.path, outcome)
         self._load()
@@ -197,15 +222,22 @@ class FileStore(Store):
 
     def _load(self) -> None:
         if os.path.exists(self.path):
-            state, data = load_state_file(self.path)
-            placed = place(state, data)
+            state, data, repaired = load_state_file(self.path)
+            if repaired:
+                log.warning(
+                    "state file %s: the last append was cut short by a crash; dropped its %d incomplete bytes",
+                    self.path,
+                    os.path.getsize(self.path) - len(data),
+                )
+            end = -1 if repaired else place(state, data)
         else:
-            state, data, placed = State(), b"", False
+            state, data, end = State(), b"", -1
         self._state = state
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if placed:
-            self._end = self._disk_size = len(data)
+        if end >= 0:
+            self._end, self._size = end, len(data)
+            self._disk_size = len(data)
             self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
             log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
         else:
@@ -240,8 +272,14 @@ class FileStore(Store):
         sep = b",\n" if had_live else b"\n"
         record.off = start + len(sep)
         record.size = len(elem)
-        self._queue(start, sep + elem + _TAIL)
-        self._end = start + len(sep) + len(elem) + len(_TAIL)
+        end = start + len(sep) + len(elem) + len(_TAIL)
+        if end <= self._size:
+            self._queue(start, sep + elem + _TAIL, in_place=False)
+        else:
+            size = end + _padding(end)
+            self._queue(start, sep + elem + _TAIL + b" " * (size - end), in_place=False)
+            self._size = size
+        self._end = end
         self._live += len(sep) + len(elem)
         return self._waiter()
 
@@ -313,8 +351,10 @@ class FileStore(Store):
 
     # -- planning writes ----------------------------------------------------------
 
-    def _queue(self, offset: int, data: bytes) -> None:
+    def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
         self._writes.append((offset, data))
+        if in_place:
+            self._in_place = True
 
     def _waiter(self) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -341,8 +381,14 @@ class FileStore(Store):
             parts.append(elem)
             pos += len(elem)
         parts.append(_TAIL)
+        end = pos + len(_TAIL)
+        if end < self._end:
+            parts.append(b" " * (self._end - end))  # the old end becomes padding
+        elif end > self._size:
+            self._size = end + _padding(end)
+            parts.append(b" " * (self._size - end))
         self._queue(rec.off, b"".join(parts))
-        self._end = pos + len(_TAIL)
+        self._end = end
 
     def _maybe_compact(self) -> None:
         if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
@@ -354,9 +400,12 @@ class FileStore(Store):
         for rec, off in zip(self._state.instances.values(), offsets):
             rec.off, rec.size = off, len(rec.element())
         self._writes = []
+        self._in_place = False
         self._rewrite = False
         self._end = len(doc)
         self._live = len(doc)
+        doc += b" " * _padding(len(doc))
+        self._size = len(doc)
         return doc
 
     # -- the writer -----------------------------------------------------------------
@@ -374,16 +423,17 @@ class FileStore(Store):
             waiters, self._waiters = self._waiters, []
             try:
                 if self._unrecovered:
-                    await loop.run_in_executor(self._executor, recover, self.path, self.journal_path, self._unrecovered_force)
-                    self._unrecovered = False
+                    await loop.run_in_executor(self._executor, recover, self.path, self.journal_path, self._undo, self.fsync)
+                    self._unrecovered, self._undo = False, None
                 if self._rewrite:
                     doc = self._plan_rewrite()
                     await loop.run_in_executor(self._executor, self._replace_file, doc)
                 else:
                     writes, self._writes = self._writes, []
-                    regions = _merge(writes, self._end)
-                    old_size, new_size = self._disk_size, self._end
-                    await loop.run_in_executor(self._executor, self._write_regions, old_size, new_size, regions)
+                    append, self._in_place = not self._in_place, False
+                    regions = _merge(writes, self._size)
+                    old_size, new_size = self._disk_size, self._size
+                    self._write_regions(old_size, new_size, regions, append)
                     self._disk_size = new_size
             except OSError as exc:
                 log.error("state file %s: write failed: %s", self.path, exc)
@@ -393,9 +443,9 @@ class FileStore(Store):
                 if not fut.done():
                     fut.set_result(None)
 
-    def _write_regions(self, old_size: int, new_size: int, regions: list[Region]) -> None:
+    def _write_regions(self, old_size: int, new_size: int, regions: list[Region], append: bool) -> None:
         assert self._journal is not None
-        self._journal.write_batch(self._fd, old_size, new_size, regions)
+        self._journal.write_batch(self._fd, old_size, new_size, regions, append)
 
     def _replace_file(self, doc: bytes) -> None:
         tmp = self.path + ".tmp"
@@ -431,6 +481,7 @@ class FileStore(Store):
         back to what the disk durably holds (rolling the file back if it can)."""
         pending, self._waiters = self._waiters, []
         self._writes = []
+        self._in_place = False
         self._rewrite = False
         err = StoreError(f"could not write the state file {self.path}: {exc.strerror or exc}")
         for fut in waiters + pending:
@@ -438,26 +489,28 @@ class FileStore(Store):
                 fut.set_exception(err)
         # Undo the failed batch even where it looks complete (its clients were
         # told it failed), but never an earlier, acknowledged one.
-        force = self._journal is not None and self._journal.in_doubt
+        assert self._journal is not None
+        undo, self._journal.in_doubt = self._journal.in_doubt or self._undo, None
         try:
-            recover(self.path, self.journal_path, force=force)
-            self._unrecovered = False
+            recover(self.path, self.journal_path, undo, self.fsync)
+            self._undo, self._unrecovered = None, False
         except OSError as again:
             # The disk refuses even the rollback: serve what it durably holds,
             # and roll back for real before the next write.
             log.error("state file %s: rollback deferred: %s", self.path, again)
-            self._unrecovered = True
-            self._unrecovered_force = force
+            self._undo, self._unrecovered = undo, True
         try:
-            data = rolled_back(self.path, self.journal_path, force=force and self._unrecovered)
-            state = State.from_document(orjson.loads(data))
-        except (OSError, ValueError) as again:
+            data = rolled_back(self.path, self.journal_path, self._undo if self._unrecovered else None)
+            state = parse_state(data, self.path)
+        except (OSError, StateError) as again:
             log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
             return
-        if not place(state, data):
+        end = place(state, data)
+        if end < 0:
             self._rewrite = True
         self._state = state
-        self._end = self._disk_size = len(data)
+        self._end, self._size = (end, len(data)) if end >= 0 else (len(data), len(data))
+        self._disk_size = len(data)
         self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
 
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:

@@ -51,33 +51,25 @@ def check(ctx: click.Context, path: str | None) -> None:
         sys.exit(1)
     pending = image != raw
     try:
-        if pending:
-            state = _parse(image, path)
-        else:
-            state, _ = load_state_file(path)
+        state, image, repaired = load_state_file(path, image)
     except StateError as exc:
         click.echo(f"{path}: {exc}", err=True)
         sys.exit(1)
-    in_place = place(state, image)
+    end = place(state, image)
+    in_place = end >= 0
     click.echo(f"{path}: valid JSON state, {len(image)} bytes")
     click.echo(f"  instances: {len(state.instances)}")
     click.echo(f"  non-functional: {len(state.nonfunctional)}")
     click.echo(f"  layout: {'in-place editable' if in_place else 'other (the plugin rewrites it at start)'}")
     if in_place:
-        holes = max(0, len(image) - len(state.document()[0]))
+        holes = max(0, end - len(state.document()[0]))
         click.echo(f"  whitespace left by removals: {holes} bytes ({holes * 100 // len(image)}%)")
     if pending:
         click.echo("  an interrupted write is pending in the journal: the next start rolls it back")
+    if repaired:
+        click.echo(f"  the last append was cut short: the next start drops its {len(raw) - len(image)} incomplete bytes")
+    if pending or repaired:
         sys.exit(3)
-
-
-def _parse(data: bytes, path: str) -> Any:
-    from .state import State
-
-    try:
-        return State.from_document(orjson.loads(data))
-    except orjson.JSONDecodeError as exc:
-        raise StateError(f"state file {path} is not valid JSON: {exc}") from None
 
 
 @state_group.command("compact")
@@ -121,7 +113,7 @@ def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties
             raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
         wanted[key] = value
     try:
-        state = _parse(rolled_back(path, path + ".journal"), path)
+        state = load_state_file(path, rolled_back(path, path + ".journal"))[0]
     except (StateError, OSError) as exc:
         click.echo(f"infrakit-instance: {exc}", err=True)
         sys.exit(1)
