@@ -20,7 +20,7 @@ last, so an append only rewrites the four closing bytes::
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import orjson
 
@@ -29,6 +29,8 @@ __all__ = [
     "describe_result",
     "element",
     "encode_brief",
+    "encode_spec",
+    "is_json",
     "encode_document",
     "join_descriptions",
 ]
@@ -39,6 +41,21 @@ TAIL = b"\n]}\n"
 class _HasParts(Protocol):
     brief: bytes
     spec: bytes | None
+
+
+def is_json(data: bytes) -> bool:
+    """Whether ``data`` is one complete JSON value."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def encode_spec(spec: Any) -> bytes:
+    """A provisioned Spec as compact JSON, in a buffer of its own size (orjson
+    may hand back a much larger allocation, which a long-lived record would keep)."""
+    return bytes(memoryview(orjson.dumps(spec)))
 
 
 def encode_brief(instance_id: str, logical_id: str | None, tags: dict[str, str]) -> bytes:

@@ -20,7 +20,7 @@ def _flag(name: str) -> bool:
 def _select() -> tuple[str, ModuleType, ModuleType, ModuleType]:
     if not _flag("INFRAKIT_INSTANCE_NO_EXTENSIONS"):
         try:
-            from . import _codec_c, _http_c, _rpc_c  # type: ignore[attr-defined]
+            from . import _codec_c, _http_c, _rpc_c
         except ImportError:
             if _flag("INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS"):
                 raise

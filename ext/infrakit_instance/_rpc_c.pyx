@@ -1,0 +1,281 @@
+# cython: language_level=3
+"""The JSON-RPC 2.0 envelope (compiled twin of ``_rpc_py``).
+
+Same names, same bytes, same errors.  orjson still parses and encodes JSON;
+what is compiled is the envelope around it: the checks on a request object,
+the exact text of an id, and answers written straight into one ``bytes``.
+"""
+
+import json
+
+import orjson
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+
+from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "PLUGIN_ERROR",
+    "Call",
+    "RpcError",
+    "decode_body",
+    "encode_error",
+    "encode_id",
+    "encode_result",
+    "split_call",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+PLUGIN_ERROR = -32000
+
+NULL_ID = b"null"
+
+cdef object _loads = orjson.loads
+cdef object _dumps = orjson.dumps
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _json_loads = json.loads
+cdef object _json_dumps = json.dumps
+cdef object _MISSING = object()
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer: ``code``, a message saying what was wrong, the id to echo."""
+
+    def __init__(self, code, message, id_json=NULL_ID):
+        Exception.__init__(self, code, message)
+        self.code = code
+        self.message = message
+        self.id_json = id_json
+
+    def __eq__(self, other):
+        return isinstance(other, RpcError) and (self.code, self.message, self.id_json) == (
+            other.code,
+            other.message,
+            other.id_json,
+        )
+
+    def __hash__(self):
+        return hash((self.code, self.message, self.id_json))
+
+    def __repr__(self):
+        return f"RpcError({self.code}, {self.message!r}, {self.id_json!r})"
+
+
+cdef class Call:
+    """One request of a body: method name, params object, exact id text (None: notification)."""
+
+    cdef public object method
+    cdef public object params
+    cdef public object id_json
+
+    def __init__(self, method, params, id_json):
+        self.method = method
+        self.params = params
+        self.id_json = id_json
+
+    def __eq__(self, other):
+        if not isinstance(other, Call):
+            return False
+        o = <Call>other
+        return (self.method, self.params, self.id_json) == (o.method, o.params, o.id_json)
+
+    def __repr__(self):
+        return f"Call({self.method!r}, {self.params!r}, {self.id_json!r})"
+
+
+cdef inline bint _float_id(object d):
+    if type(d) is dict:
+        return type((<dict>d).get("id")) is float
+    return type(d.get("id")) is float
+
+
+def decode_body(body):
+    """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke."""
+    try:
+        doc = _loads(body)
+    except _JSONDecodeError as exc:
+        raise RpcError(PARSE_ERROR, f"parse error: request body is not valid JSON: {exc}") from None
+    # orjson turns integers beyond 64 bits into floats: read such a body again
+    # with the standard parser, which keeps integers exact.
+    if isinstance(doc, dict):
+        if _float_id(doc):
+            doc = _json_loads(body)
+    elif isinstance(doc, list) and any(isinstance(d, dict) and _float_id(d) for d in doc):
+        doc = _json_loads(body)
+    return doc
+
+
+def encode_id(value):
+    """The exact JSON text of an id (integers of any size, strings, null)."""
+    cdef int overflow = 0
+    cdef long long v
+    cdef Py_ssize_t n
+    cdef bytes out
+    if value is None:
+        return NULL_ID
+    if type(value) is int:
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if not overflow:
+            n = int_len(v)
+            out = PyBytes_FromStringAndSize(NULL, n)
+            put_int(PyBytes_AS_STRING(out), v, n)
+            return out
+    elif type(value) is str:
+        n = plain_len(value)
+        if n >= 0:
+            out = PyBytes_FromStringAndSize(NULL, n + 2)
+            put_plain(PyBytes_AS_STRING(out), value, n)
+            return out
+    try:
+        return _dumps(value)
+    except TypeError:
+        return _json_dumps(value).encode()
+
+
+def split_call(doc):
+    """Validate one request object; raise ``RpcError`` carrying the id to echo."""
+    if type(doc) is dict:
+        return _split_dict(<dict>doc)
+    return _split_any(doc)
+
+
+cdef Call _new_call(object method, object params, object id_json):
+    cdef Call call = Call.__new__(Call)
+    call.method = method
+    call.params = params
+    call.id_json = id_json
+    return call
+
+
+cdef object _check_params(object params, object err_id):
+    if params is None:
+        return {}
+    if isinstance(params, list):
+        # Go's JSON-RPC server also takes a one-element array holding the object.
+        if len(params) == 1 and isinstance(params[0], dict):
+            return params[0]
+        if not params:
+            return {}
+        raise RpcError(INVALID_PARAMS, "invalid params: expected an object (or an array holding one object)", err_id)
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, "invalid params: expected an object", err_id)
+    return params
+
+
+cdef object _check_id(object ident):
+    if ident is not None and not isinstance(ident, (str, int, float)) or isinstance(ident, bool):
+        raise RpcError(INVALID_REQUEST, "invalid request: id must be a string, a number or null")
+    return encode_id(ident)
+
+
+cdef Call _split_dict(dict doc):
+    cdef object id_json, err_id, version, method, ident
+    ident = doc.get("id", _MISSING)
+    if ident is _MISSING:
+        id_json = None
+        err_id = NULL_ID
+    else:
+        id_json = _check_id(ident)
+        err_id = id_json
+    version = doc.get("jsonrpc")
+    if not (type(version) is str and <str>version == "2.0") and version != "2.0":
+        raise RpcError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be exactly "2.0"', err_id)
+    method = doc.get("method")
+    if not isinstance(method, str):
+        raise RpcError(INVALID_REQUEST, 'invalid request: "method" must be a string', err_id)
+    params = doc.get("params")
+    if type(params) is not dict:
+        params = _check_params(params, err_id)
+    return _new_call(method, params, id_json)
+
+
+cdef Call _split_any(object doc):
+    # The pure twin's steps, for dict subclasses and non-objects.
+    if not isinstance(doc, dict):
+        raise RpcError(INVALID_REQUEST, "invalid request: expected a JSON-RPC request object")
+    if "id" in doc:
+        id_json = _check_id(doc["id"])
+    else:
+        id_json = None
+    err_id = NULL_ID if id_json is None else id_json
+    if doc.get("jsonrpc") != "2.0":
+        raise RpcError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be exactly "2.0"', err_id)
+    method = doc.get("method")
+    if not isinstance(method, str):
+        raise RpcError(INVALID_REQUEST, 'invalid request: "method" must be a string', err_id)
+    return _new_call(method, _check_params(doc.get("params"), err_id), id_json)
+
+
+def encode_result(id_json, result):
+    """A success answer around already-encoded ``result`` bytes."""
+    cdef Py_ssize_t ni, nr
+    cdef bytes out
+    cdef char* w
+    if type(id_json) is not bytes or type(result) is not bytes:
+        return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + id_json + b"}"
+    ni = PyBytes_GET_SIZE(id_json)
+    nr = PyBytes_GET_SIZE(result)
+    # {"jsonrpc":"2.0","result":  r  ,"id":  i  }
+    out = PyBytes_FromStringAndSize(NULL, 26 + nr + 6 + ni + 1)
+    w = PyBytes_AS_STRING(out)
+    w = put(w, b'{"jsonrpc":"2.0","result":', 26)
+    w = put(w, PyBytes_AS_STRING(result), nr)
+    w = put(w, b',"id":', 6)
+    w = put(w, PyBytes_AS_STRING(id_json), ni)
+    w[0] = 125
+    return out
+
+
+def encode_error(id_json, code, message):
+    """An error answer; ``data`` is always null."""
+    cdef int overflow = 0
+    cdef long long c = 0
+    cdef Py_ssize_t ni, nc, nm
+    cdef object msg
+    cdef bytes out
+    cdef char* w
+    if type(code) is int:
+        c = PyLong_AsLongLongAndOverflow(code, &overflow)
+    if type(id_json) is not bytes or type(code) is not int or overflow or type(message) is not str:
+        return (
+            b'{"jsonrpc":"2.0","error":{"code":'
+            + str(code).encode()
+            + b',"message":'
+            + _dumps(message)
+            + b',"data":null},"id":'
+            + id_json
+            + b"}"
+        )
+    nm = plain_len(message)
+    msg = None
+    if nm < 0:
+        msg = _dumps(message)
+        nm = PyBytes_GET_SIZE(msg)
+    else:
+        nm += 2
+    nc = int_len(c)
+    ni = PyBytes_GET_SIZE(id_json)
+    # {"jsonrpc":"2.0","error":{"code":  c  ,"message":  m  ,"data":null},"id":  i  }
+    out = PyBytes_FromStringAndSize(NULL, 33 + nc + 11 + nm + 19 + ni + 1)
+    w = PyBytes_AS_STRING(out)
+    w = put(w, b'{"jsonrpc":"2.0","error":{"code":', 33)
+    w = put_int(w, c, nc)
+    w = put(w, b',"message":', 11)
+    if msg is None:
+        w = put_plain(w, message, nm - 2)
+    else:
+        w = put(w, PyBytes_AS_STRING(msg), nm)
+    w = put(w, b',"data":null},"id":', 19)
+    w = put(w, PyBytes_AS_STRING(id_json), ni)
+    w[0] = 125
+    return out

@@ -1,0 +1,47 @@
+"""Stub of the compiled twin of ``_rpc_py`` (same names, same behaviour)."""
+
+from typing import Any, Final, final
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "PLUGIN_ERROR",
+    "Call",
+    "RpcError",
+    "decode_body",
+    "encode_error",
+    "encode_id",
+    "encode_result",
+    "split_call",
+]
+
+PARSE_ERROR: Final[int]
+INVALID_REQUEST: Final[int]
+METHOD_NOT_FOUND: Final[int]
+INVALID_PARAMS: Final[int]
+INTERNAL_ERROR: Final[int]
+PLUGIN_ERROR: Final[int]
+NULL_ID: Final[bytes]
+
+class RpcError(Exception):
+    code: int
+    message: str
+    id_json: bytes
+    def __init__(self, code: int, message: str, id_json: bytes = ...) -> None: ...
+
+@final
+class Call:
+    method: str
+    params: dict[str, Any]
+    id_json: bytes | None
+    def __init__(self, method: str, params: dict[str, Any], id_json: bytes | None) -> None: ...
+    __hash__: None  # type: ignore[assignment]
+
+def decode_body(body: bytes) -> Any: ...
+def encode_id(value: Any) -> bytes: ...
+def split_call(doc: Any) -> Call: ...
+def encode_result(id_json: bytes, result: bytes) -> bytes: ...
+def encode_error(id_json: bytes, code: int, message: str) -> bytes: ...

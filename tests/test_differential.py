@@ -1,0 +1,332 @@
+"""The compiled twins against the pure ones: same results and same errors for any input.
+
+Random and adversarial inputs (captured requests cut at random places, mutated
+headers, random JSON bodies, garbage) go through both implementations; the
+outcomes, results or exceptions, are compared by value and by ``repr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infrakit_instance import _codec_c, _codec_py, _http_c, _http_py, _rpc_c, _rpc_py
+from test_http import CHUNKED, POST, WIRE_REQUESTS
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def norm(x: Any) -> Any:
+    """A value to compare across implementations (their classes are distinct)."""
+    if isinstance(x, (list, tuple)):
+        return type(x).__name__, [norm(i) for i in x]
+    if x is _http_c.CONTINUE or x is _http_py.CONTINUE:
+        return "CONTINUE", repr(x)
+    if isinstance(x, (_http_c.Request, _http_py.Request)):
+        return "Request", x.method, x.path, x.content_type, x.keep_alive, x.body, repr(x)
+    if isinstance(x, (_rpc_c.Call, _rpc_py.Call)):
+        return "Call", x.method, x.params, x.id_json, repr(x)
+    if isinstance(x, BaseException):
+        attrs = {k: getattr(x, k) for k in ("status", "code", "message", "id_json") if hasattr(x, k)}
+        return "raised", type(x).__name__, str(x), repr(x), x.args, attrs
+    return "value", type(x).__name__, x
+
+
+def outcome(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return norm(fn(*args))
+    except Exception as exc:  # the exception is the outcome being compared
+        return norm(exc)
+
+
+def same(fn_c: Callable[..., Any], fn_py: Callable[..., Any], *args: Any) -> Any:
+    got_c, got_py = outcome(fn_c, *args), outcome(fn_py, *args)
+    assert got_c == got_py
+    return got_c
+
+
+# -- HTTP framing ----------------------------------------------------------------------
+
+SAMPLES = [*WIRE_REQUESTS.values(), POST, CHUNKED]
+
+
+def feed_pieces(module: Any, pieces: list[bytes], **limits: int) -> list[Any]:
+    """Everything a parser reports for each piece, and whether it was idle after it."""
+    parser = module.HttpParser(**limits)
+    return [(norm(parser.feed(p)), parser.idle) for p in pieces]
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    points = sorted({p % (len(data) + 1) for p in points})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(SAMPLES), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0), max_size=12),
+)
+def test_random_splits_of_real_requests(requests: list[bytes], points: list[int]) -> None:
+    pieces = cut(b"".join(requests), points)
+    got = feed_pieces(_http_c, pieces)
+    assert got == feed_pieces(_http_py, pieces)
+    assert sum(len(items[1]) for items, _ in got) == len(requests)
+
+
+_NAMES = st.sampled_from(
+    [
+        b"Content-Length",
+        b"content-length",
+        b"Transfer-Encoding",
+        b"TRANSFER-ENCODING",
+        b"Content-Type",
+        b"Connection",
+        b"Expect",
+        b"Host",
+        b"X-Other",
+        b"Bad Name",
+        b"",
+        b"Content-Length ",
+        b"\tExpect",
+    ]
+)
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            b"0",
+            b"2",
+            b"13",
+            b"-1",
+            b"+2",
+            b" 2 ",
+            b"99999999999999999999",
+            b"chunked",
+            b"Chunked",
+            b"gzip, chunked",
+            b"identity,chunked",
+            b"chunked, ",
+            b"\x0bchunked\x0c",
+            b"close",
+            b"keep-alive",
+            b"Keep-Alive, close",
+            b"upgrade,  KEEP-ALIVE",
+            b"100-continue",
+            b"100-Continue ",
+            b"application/json",
+            b"",
+            b"\r",
+        ]
+    ),
+    st.binary(max_size=12).filter(lambda v: b"\n" not in v),
+)
+_LINES = st.one_of(
+    st.sampled_from(
+        [
+            b"POST / HTTP/1.1",
+            b"GET /info/api.json HTTP/1.1",
+            b"POST / HTTP/1.0",
+            b"POST / HTTP/2.0",
+            b"POST / HTTP/1.x",
+            b"POST  HTTP/1.1",
+            b"POST / HTTP/1.1 x",
+            b"P(ST / HTTP/1.1",
+            b"POST / HTTP/1.1\r\r",
+        ]
+    ),
+    st.binary(max_size=20).filter(lambda v: b"\n" not in v),
+)
+_BODIES = st.one_of(
+    st.sampled_from(
+        [
+            b"{}",
+            b'{"jsonrpc":"2.0"}',
+            b"2\r\n{}\r\n0\r\n\r\n",
+            b"5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"zz\r\n",
+            b"3\r\nabcX",
+            b"0\n\n",
+        ]
+    ),
+    st.binary(max_size=40),
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    lines = [draw(_LINES)]
+    for _ in range(draw(st.integers(0, 5))):
+        lines.append(draw(_NAMES) + draw(st.sampled_from([b":", b": ", b":\t", b""])) + draw(_VALUES))
+    return draw(st.sampled_from([b"", b"\r\n"])) + eol.join(lines) + eol + eol + draw(_BODIES)
+
+
+@SETTINGS
+@given(
+    st.lists(requests(), min_size=1, max_size=3),
+    st.lists(st.integers(min_value=0), max_size=6),
+    st.sampled_from([{}, {"max_body": 3}, {"max_header": 40}, {"max_body": 0, "max_header": 0}]),
+)
+def test_mutated_requests(reqs: list[bytes], points: list[int], limits: dict[str, int]) -> None:
+    pieces = cut(b"".join(reqs), points)
+    assert feed_pieces(_http_c, pieces, **limits) == feed_pieces(_http_py, pieces, **limits)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_garbage_bytes(pieces: list[bytes]) -> None:
+    assert feed_pieces(_http_c, pieces) == feed_pieces(_http_py, pieces)
+    prefixed = [b"POST / HTTP/1.1\r\n", *pieces]
+    assert feed_pieces(_http_c, prefixed) == feed_pieces(_http_py, prefixed)
+
+
+@SETTINGS
+@given(
+    st.one_of(st.integers(-5, 1200), st.booleans(), st.text(max_size=3)),
+    st.one_of(st.binary(max_size=30), st.text(max_size=5)),
+    st.one_of(st.booleans(), st.none(), st.integers(0, 1)),
+    st.one_of(st.sampled_from([b"application/json", b"text/plain"]), st.binary(max_size=10)),
+    st.binary(max_size=30),
+)
+def test_build_response(status: Any, body: Any, keep_alive: Any, content_type: bytes, extra: bytes) -> None:
+    same(_http_c.build_response, _http_py.build_response, status, body, keep_alive, content_type, extra)
+
+
+# -- JSON-RPC envelope -----------------------------------------------------------------
+
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> Any:
+    doc: dict[str, Any] = {}
+    if draw(st.booleans()):
+        doc["jsonrpc"] = draw(st.one_of(st.just("2.0"), _JSON_SCALARS))
+    if draw(st.booleans()):
+        doc["method"] = draw(st.one_of(st.sampled_from(["Instance.Provision", "Plugin.Implements"]), _JSON_SCALARS))
+    if draw(st.booleans()):
+        doc["params"] = draw(
+            st.one_of(st.dictionaries(st.text(max_size=5), _JSON, max_size=2), st.lists(_JSON, max_size=2), _JSON)
+        )
+    if draw(st.booleans()):
+        doc["id"] = draw(st.one_of(st.integers(min_value=-(2**80), max_value=2**80), _JSON))
+    return doc
+
+
+def _text(doc: Any) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # integers beyond 64 bits
+        import json
+
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _envelope(rpc: Any) -> Callable[[bytes], Any]:
+    def run(body: bytes) -> Any:
+        doc = rpc.decode_body(body)
+        if isinstance(doc, list):
+            return [outcome(rpc.split_call, d) for d in doc]
+        return rpc.split_call(doc)
+
+    return run
+
+
+@SETTINGS
+@given(st.one_of(envelopes(), st.lists(envelopes(), max_size=3), _JSON))
+def test_random_json_bodies(doc: Any) -> None:
+    same(_envelope(_rpc_c), _envelope(_rpc_py), _text(doc))
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode)))
+def test_garbage_bodies(body: bytes) -> None:
+    same(_envelope(_rpc_c), _envelope(_rpc_py), body)
+
+
+@SETTINGS
+@given(st.one_of(_JSON, st.integers(), st.text(), st.tuples(st.integers())))
+def test_encode_id(value: Any) -> None:
+    same(_rpc_c.encode_id, _rpc_py.encode_id, value)
+
+
+@SETTINGS
+@given(
+    st.one_of(st.binary(max_size=20), st.text(max_size=3)),
+    st.one_of(st.integers(), st.booleans(), st.text(max_size=3)),
+    st.one_of(st.text(), st.binary(max_size=5), st.none()),
+)
+def test_encode_answers(id_json: Any, code: Any, message: Any) -> None:
+    same(_rpc_c.encode_error, _rpc_py.encode_error, id_json, code, message)
+    same(_rpc_c.encode_result, _rpc_py.encode_result, id_json, message)
+
+
+# -- codec -----------------------------------------------------------------------------
+
+_STR = st.one_of(st.text(max_size=12), st.text(alphabet="abcXYZ.-_/ 09", max_size=12))
+
+
+class Rec:
+    def __init__(self, brief: Any, spec: Any) -> None:
+        self.brief = brief
+        self.spec = spec
+
+
+@SETTINGS
+@given(
+    st.one_of(_STR, st.integers()),
+    st.one_of(st.none(), _STR, st.integers()),
+    st.one_of(st.dictionaries(_STR, _STR, max_size=5), st.dictionaries(_STR, _JSON, max_size=2), _JSON),
+)
+def test_encode_brief(instance_id: Any, logical_id: Any, tags: Any) -> None:
+    same(_codec_c.encode_brief, _codec_py.encode_brief, instance_id, logical_id, tags)
+
+
+_PIECE = st.one_of(st.binary(max_size=20), st.none(), st.text(max_size=3), st.builds(bytearray, st.binary(max_size=5)))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(_PIECE, _PIECE), max_size=6), st.booleans())
+def test_element_and_join(pairs: list[tuple[Any, Any]], properties: bool) -> None:
+    for brief, spec in pairs:
+        same(_codec_c.element, _codec_py.element, brief, spec)
+    records = [Rec(b, s) for b, s in pairs]
+    same(_codec_c.join_descriptions, _codec_py.join_descriptions, records, properties)
+    same(_codec_c.describe_result, _codec_py.describe_result, *(pairs[0] if pairs else (b"", b"")))
+
+
+@SETTINGS
+@given(
+    st.one_of(st.binary(max_size=10), st.text(max_size=2)),
+    st.one_of(st.lists(st.binary(max_size=12), max_size=4), st.lists(_PIECE, max_size=3)),
+    st.one_of(st.lists(st.binary(max_size=12), max_size=6), st.lists(_PIECE, max_size=3)),
+)
+def test_encode_document(provider: Any, nonfunctional: Any, instances: Any) -> None:
+    same(_codec_c.encode_document, _codec_py.encode_document, provider, nonfunctional, instances)
+    # Any iterables; each implementation gets its own iterator.
+    assert outcome(_codec_c.encode_document, provider, tuple(nonfunctional), iter(instances)) == outcome(
+        _codec_py.encode_document, provider, tuple(nonfunctional), iter(instances)
+    )
+
+
+@SETTINGS
+@given(st.one_of(_JSON, st.binary(max_size=20).map(lambda b: {"b": b.hex()})), st.binary(max_size=30))
+def test_spec_and_json_checks(spec: Any, data: bytes) -> None:
+    same(_codec_c.encode_spec, _codec_py.encode_spec, spec)
+    same(_codec_c.is_json, _codec_py.is_json, data)
+    same(_codec_c.is_json, _codec_py.is_json, _text(spec))
