@@ -25,10 +25,22 @@ from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load
 FIXTURE = Path(__file__).parent / "fixtures" / "c-plugin-state.json"
 
 
-def record(i: int, group: str = "g", extra: int = 0) -> Record:
+class Rec(Record):
+    """A record that remembers its tags, as the plugin passes them to provision()."""
+
+    __slots__ = ("given_tags",)
+
+
+def record(i: int, group: str = "g", extra: int = 0) -> Rec:
     tags = {"infrakit.group": group, "n": str(i)}
     spec = {"Tags": tags, "Properties": {"pad": "x" * extra}}
-    return Record(f"id-{i}", tags, codec.encode_brief(f"id-{i}", None, tags), orjson.dumps(spec), 0)
+    rec = Rec(f"id-{i}", codec.encode_brief(f"id-{i}", None, tags), orjson.dumps(spec))
+    rec.given_tags = tags
+    return rec
+
+
+def provision(store: FileStore, rec: Rec) -> asyncio.Future[None]:
+    return store.provision(rec, rec.given_tags)
 
 
 def run(coro_fn: Callable[[], Any]) -> Any:
@@ -62,7 +74,7 @@ def test_random_changes_match_a_model_on_disk_and_after_reopening(tmp_path: Path
                 if op < 0.45 or not model:
                     n += 1
                     rec = record(n, rng.choice("ab"), rng.randint(0, 40))
-                    futs.append(store.provision(rec))
+                    futs.append(provision(store, rec))
                     model[rec.id] = json.loads(rec.element())
                 elif op < 0.8:
                     victim = rng.choice(list(model))
@@ -93,10 +105,10 @@ def test_provision_appends_in_place(tmp_path: Path) -> None:
     async def main() -> None:
         store = FileStore(path)
         await store.open()
-        await asyncio.gather(*(store.provision(record(i, extra=200)) for i in range(50)))
+        await asyncio.gather(*(provision(store, record(i, extra=200)) for i in range(50)))
         before = Path(path).read_bytes()
         inode = os.stat(path).st_ino
-        await store.provision(record(99))
+        await provision(store, record(99))
         after = Path(path).read_bytes()
         assert os.stat(path).st_ino == inode  # not replaced by a rename
         document = before.rstrip(b" ")  # the padding after the document is whitespace too
@@ -125,15 +137,15 @@ def test_appends_need_one_fsync_per_batch_and_in_place_changes_two(tmp_path: Pat
         store = FileStore(path)
         await store.open()
         syncs.clear()
-        await store.provision(record(1))
-        await store.provision(record(2))
+        await provision(store, record(1))
+        await provision(store, record(2))
         assert syncs == ["data", "data"]
         syncs.clear()
         await store.destroy("id-1")
         assert syncs == ["journal", "data"]
         syncs.clear()
-        await store.provision(record(3))  # the journal is cleared once before appends resume
-        await store.provision(record(4))
+        await provision(store, record(3))  # the journal is cleared once before appends resume
+        await provision(store, record(4))
         assert syncs == ["journal", "data", "data"]
         await store.close()
 
@@ -147,9 +159,9 @@ def test_a_torn_append_is_cut_back_to_the_last_complete_element(tmp_path: Path) 
         store = FileStore(str(path))
         await store.open()
         for i in range(5):
-            await store.provision(record(i, extra=300))
+            await provision(store, record(i, extra=300))
         await store.destroy("id-4")
-        await store.provision(record(5, extra=300))
+        await provision(store, record(5, extra=300))
         await store.close()
 
     run(fill)
@@ -171,7 +183,7 @@ def test_a_torn_append_is_cut_back_to_the_last_complete_element(tmp_path: Path) 
                 store = FileStore(str(path))
                 await store.open()
                 assert [d["ID"] for d in described(store)] == ids
-                await store.provision(record(7))
+                await provision(store, record(7))
                 await store.close()
 
             run(reopen)
@@ -191,7 +203,7 @@ def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     async def main() -> None:
         store = FileStore(str(tmp_path / "s.json"))
         await store.open()
-        await asyncio.gather(*(store.provision(record(i)) for i in range(100)))
+        await asyncio.gather(*(provision(store, record(i)) for i in range(100)))
         await store.close()
 
     run(main)
@@ -205,7 +217,7 @@ def test_fsync_never_skips_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async def main() -> None:
         store = FileStore(str(tmp_path / "s.json"), fsync=False)
         await store.open()
-        await store.provision(record(1))
+        await provision(store, record(1))
         await store.close()
 
     run(main)
@@ -221,9 +233,9 @@ def test_unknown_ids_raise_at_once(tmp_path: Path) -> None:
             store.destroy("nope")
         with pytest.raises(UnknownInstance):
             store.label("nope", {})
-        await store.provision(record(1))
+        await provision(store, record(1))
         with pytest.raises(StoreError):
-            store.provision(record(1))
+            provision(store, record(1))
         await store.close()
 
     run(main)
@@ -238,7 +250,7 @@ def test_c_plugin_file_is_converted_and_still_standard_json(tmp_path: Path) -> N
         store = FileStore(str(path))
         await store.open()
         assert described(store) == [{**d, "Properties": None} for d in original["Instances"]]
-        await store.provision(record(1))
+        await provision(store, record(1))
         await store.close()
 
     run(main)
@@ -255,7 +267,7 @@ def test_nonfunctional_and_front_of_array(tmp_path: Path) -> None:
         store = FileStore(path)
         await store.open()
         for i in range(4):
-            await store.provision(record(i))
+            await provision(store, record(i))
         await store.set_functional("id-2", False)
         doc = json.loads(Path(path).read_text())
         assert [d["ID"] for d in doc["Instances"]] == ["id-0", "id-1", "id-3"]
@@ -265,7 +277,7 @@ def test_nonfunctional_and_front_of_array(tmp_path: Path) -> None:
         assert [d["ID"] for d in on_disk(path)] == ["id-2", "id-0", "id-1", "id-3"]
         assert [d["ID"] for d in described(store)] == ["id-2", "id-0", "id-1", "id-3"]
         assert [d["ID"] for d in json.loads(store.describe({"infrakit.group": "g"}, False))] == ["id-2", "id-0", "id-1", "id-3"]
-        await store.provision(record(9))  # appends still work after a whole rewrite
+        await provision(store, record(9))  # appends still work after a whole rewrite
         await store.destroy("id-2")
         await store.forget("id-0")
         await store.close()
@@ -441,7 +453,7 @@ def test_state_tools_check_compact_show(tmp_path: Path) -> None:
     async def fill() -> None:
         store = FileStore(path)
         await store.open()
-        await asyncio.gather(*(store.provision(record(i, "ab"[i % 2], extra=100)) for i in range(40)))
+        await asyncio.gather(*(provision(store, record(i, "ab"[i % 2], extra=100)) for i in range(40)))
         await asyncio.gather(*(store.destroy(f"id-{i}") for i in range(0, 40, 3)))
         await store.close()
 

@@ -17,7 +17,7 @@ import orjson
 from . import __version__
 from ._impl import codec, rpc
 from .provider import LogicalProvider, Provider, ProviderError
-from .state import Record
+from .state import Record, intern_tags
 from .store import Store, StoreError, UnknownInstance
 
 __all__ = ["INSTANCE_VERSIONS", "Plugin"]
@@ -178,11 +178,10 @@ class Plugin:
                 instance_id = f"instance-{self._rand.getrandbits(63)}"
                 if not state.known(instance_id):
                     break
-        tags = {_intern(k): _intern(v) for k, v in tags.items()}
-        brief = codec.encode_brief(instance_id, logical_id, tags)
-        rec = Record(instance_id, tags, brief, orjson.dumps(spec), 0)
+        tags = intern_tags(tags)
+        rec = Record(instance_id, codec.encode_brief(instance_id, logical_id, tags), codec.encode_spec(spec))
         try:
-            fut = self.store.provision(rec)
+            fut = self.store.provision(rec, tags)
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         return _then(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")

@@ -2,6 +2,10 @@
 
 Stores keep one :class:`State` and persist what changes in it; the RPC layer
 reads from it.  Nothing here touches a file.
+
+An instance is held as the two pieces of JSON text it is served as (see
+:mod:`._codec_py`); its tags live only in the tag index, and are decoded from
+the brief description on the rare paths that need them as a dict.
 """
 
 from __future__ import annotations
@@ -22,19 +26,28 @@ class StateError(ValueError):
     """A state document that cannot be used, with what is wrong and where."""
 
 
+def intern_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Tag keys and values repeat across thousands of instances: share the strings."""
+    return {_intern(k): _intern(v) for k, v in tags.items()}
+
+
 class Record:
-    """One instance: its encoded brief description and Spec, its tags, its place."""
+    """One instance: its encoded brief description and Spec, and its place."""
 
-    __slots__ = ("brief", "id", "off", "pos", "size", "spec", "tags")
+    __slots__ = ("brief", "id", "off", "pos", "size", "spec")
 
-    def __init__(self, instance_id: str, tags: dict[str, str], brief: bytes, spec: bytes | None, pos: int) -> None:
+    def __init__(self, instance_id: str, brief: bytes, spec: bytes | None) -> None:
         self.id = instance_id
-        self.tags = tags
         self.brief = brief
         self.spec = spec
-        self.pos = pos  # sort key of the array order
+        self.pos = 0  # sort key of the array order (set by State)
         self.off = -1  # where the element starts in the state file (store-managed)
         self.size = 0  # bytes the element occupies there (store-managed)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        tags: dict[str, str] = orjson.loads(self.brief)["Tags"]
+        return tags
 
     def element(self) -> bytes:
         return codec.element(self.brief, self.spec)
@@ -45,7 +58,8 @@ class Record:
         return desc
 
     @classmethod
-    def from_description(cls, desc: Any, where: str, pos: int) -> Record:
+    def from_description(cls, desc: Any, where: str) -> tuple[Record, dict[str, str]]:
+        """A record of a decoded state-file element, and its tags; :class:`StateError` if malformed."""
         if not isinstance(desc, dict):
             raise StateError(f"{where} is not an object")
         instance_id = desc.get("ID")
@@ -57,10 +71,10 @@ class Record:
         tags = desc.get("Tags") or {}
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
             raise StateError(f"{where} ({instance_id}): Tags must be an object of strings")
-        tags = {_intern(k): _intern(v) for k, v in tags.items()}
+        tags = intern_tags(tags)
         spec = desc.get("Properties")
-        spec_json = None if spec is None and "Properties" not in desc else orjson.dumps(spec)
-        return cls(instance_id, tags, codec.encode_brief(instance_id, logical_id, tags), spec_json, pos)
+        spec_json = None if spec is None and "Properties" not in desc else codec.encode_spec(spec)
+        return cls(instance_id, codec.encode_brief(instance_id, logical_id, tags), spec_json), tags
 
 
 class State:
@@ -91,17 +105,22 @@ class State:
                 items = []
             if not isinstance(items, list):
                 raise StateError(f'"{key}" is not an array')
-            target = state.instances if key == "Instances" else state.nonfunctional
             for i, desc in enumerate(items):
-                rec = Record.from_description(desc, f"{key}[{i}]", i)
-                if rec.id in state.instances or rec.id in state.nonfunctional:
-                    raise StateError(
-                        f"{key}[{i}]: instance ID {rec.id!r} appears twice; remove or rename one copy"
-                    )
-                target[rec.id] = rec
-        state._last = len(state.instances)
-        state._reindex()
+                rec, tags = Record.from_description(desc, f"{key}[{i}]")
+                if state.known(rec.id):
+                    raise StateError(f"{key}[{i}]: instance ID {rec.id!r} appears twice; remove or rename one copy")
+                if key == "Instances":
+                    state.load(rec, tags)
+                else:
+                    state.nonfunctional[rec.id] = rec
         return state
+
+    def load(self, rec: Record, tags: dict[str, str]) -> None:
+        """Add an instance read from a state file at the end (no cache to clear yet)."""
+        self._last += 1
+        rec.pos = self._last
+        self.instances[rec.id] = rec
+        self._index_add(rec, tags, at_end=True)
 
     def document(self) -> tuple[bytes, list[int]]:
         """The full state file, and each active element's offset in it."""
@@ -136,8 +155,9 @@ class State:
         return answer
 
     def select(self, tags: dict[str, str] | None) -> Iterator[Record] | list[Record]:
+        """The active instances having every tag, in array order."""
         if not tags:
-            return self.instances.values().__iter__()
+            return iter(self.instances.values())
         buckets = []
         for pair in tags.items():
             bucket = self._index.get(pair)
@@ -153,16 +173,13 @@ class State:
             self._unsorted.discard(pair)
         if len(buckets) == 1:
             return list(bucket.values())
-        rest = [b[1] for b in buckets[1:]]
-        return [r for r in bucket.values() if all(r.tags.get(k) == v for k, v in rest)]
+        others = [b[2] for b in buckets[1:]]
+        return [r for r in bucket.values() if all(r.id in other for other in others)]
 
     # -- changing ----------------------------------------------------------------
 
-    def append(self, rec: Record) -> None:
-        self._last += 1
-        rec.pos = self._last
-        self.instances[rec.id] = rec
-        self._index_add(rec, at_end=True)
+    def append(self, rec: Record, tags: dict[str, str]) -> None:
+        self.load(rec, tags)
         self._cache.clear()
 
     def remove(self, instance_id: str) -> Record:
@@ -173,14 +190,13 @@ class State:
 
     def relabel(self, rec: Record, labels: dict[str, str]) -> Record:
         """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
-        tags = dict(rec.tags)
-        tags.update((_intern(k), _intern(v)) for k, v in labels.items())
         desc = orjson.loads(rec.brief)
-        new = Record(rec.id, tags, codec.encode_brief(rec.id, desc.get("LogicalID"), tags), rec.spec, rec.pos)
-        new.off, new.size = rec.off, rec.size
+        tags = intern_tags({**desc["Tags"], **labels})
+        new = Record(rec.id, codec.encode_brief(rec.id, desc["LogicalID"], tags), rec.spec)
+        new.pos, new.off, new.size = rec.pos, rec.off, rec.size
         self._index_remove(rec)
         self.instances[rec.id] = new
-        self._index_add(new, at_end=False)
+        self._index_add(new, tags, at_end=False)
         self._cache.clear()
         return new
 
@@ -195,7 +211,7 @@ class State:
         self._first -= 1
         rec.pos = self._first
         self.instances = {rec.id: rec, **self.instances}
-        self._index_add(rec, at_end=False)
+        self._index_add(rec, rec.tags, at_end=False)
         self._cache.clear()
         return rec
 
@@ -204,16 +220,9 @@ class State:
 
     # -- index -------------------------------------------------------------------
 
-    def _reindex(self) -> None:
-        self._index.clear()
-        self._unsorted.clear()
-        self._cache.clear()
-        for rec in self.instances.values():
-            self._index_add(rec, at_end=True)
-
-    def _index_add(self, rec: Record, at_end: bool) -> None:
+    def _index_add(self, rec: Record, tags: dict[str, str], at_end: bool) -> None:
         index = self._index
-        for pair in rec.tags.items():
+        for pair in tags.items():
             bucket = index.get(pair)
             if bucket is None:
                 index[pair] = {rec.id: rec}

@@ -32,9 +32,9 @@ import orjson
 
 from ._impl import codec
 from .journal import Journal, Record as UndoRecord, Region, recover, repair_torn_append, rolled_back
-from .state import Record, State, StateError
+from .state import Record, State, StateError, intern_tags
 
-__all__ = ["FileStore", "Store", "StoreError", "StoreLocked", "UnknownInstance", "load_state_file", "place"]
+__all__ = ["FileStore", "Store", "StoreError", "StoreLocked", "UnknownInstance", "load_state_file", "parse_state", "read_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class Store(ABC):
         """Write what is pending and release the backend."""
 
     @abstractmethod
-    def provision(self, record: Record) -> asyncio.Future[None]: ...
+    def provision(self, record: Record, tags: dict[str, str]) -> asyncio.Future[None]:
+        """Append a new instance (with these tags, which its brief description holds too)."""
 
     @abstractmethod
     def destroy(self, instance_id: str) -> asyncio.Future[None]:
@@ -118,50 +119,104 @@ def parse_state(data: bytes, path: str) -> State:
         raise StateError(f"state file {path}: {exc}") from None
 
 
-def load_state_file(path: str, data: bytes | None = None) -> tuple[State, bytes, bool]:
-    """Parse a state file (any layout): the state, the document, and whether it
-    had to be repaired (an append cut short by a crash; see :mod:`journal`)."""
+def load_state_file(path: str, data: bytes | None = None) -> tuple[State, bytes, int]:
+    """Read a state file of any layout: the state, the document (repaired if an
+    append was cut short by a crash; see :mod:`journal`), and where the
+    document ends if it is of our in-place layout (else -1; the elements'
+    offsets are set only then)."""
     if data is None:
         with open(path, "rb") as f:
             data = f.read()
     try:
-        return parse_state(data, path), data, False
+        return _read(data, path)
     except StateError:
         repaired = repair_torn_append(data, _TAIL)
         if repaired is None:
             raise
-    return parse_state(repaired, path), repaired, True
+    state, _, _ = _read(repaired, path)
+    return state, repaired, -1
 
 
-def place(state: State, data: bytes) -> int:
-    """Find each active element in a file of our own layout; return where the
-    document ends (padding may follow), or -1 if the file is not of our layout."""
-    head = codec.encode_document(state.provider, [r.element() for r in state.nonfunctional.values()], [])[0]
-    head = head[: -len(_TAIL)]
+def _read(data: bytes, path: str) -> tuple[State, bytes, int]:
+    placed = read_layout(data)
+    if placed is not None:
+        return placed[0], data, placed[1]
+    return parse_state(data, path), data, -1
+
+
+_HEAD_END = b'"Instances":[\n'
+_PROPS = b',"Properties":'
+_BRIEF_KEYS = {"ID", "LogicalID", "Tags"}
+
+
+def read_layout(data: bytes) -> tuple[State, int] | None:
+    """Load a file of our own layout line by line, decoding only each element's
+    brief description (the Spec stays the bytes it is in the file, checked to
+    be JSON), and place every element in it.  None if the file is not of our
+    layout or anything in it is off: the caller then parses the whole document
+    the slow way, which also says what is wrong."""
     end = len(data.rstrip(b" "))
-    if not data.startswith(head) or not data[:end].endswith(_TAIL):
-        return -1
-    records = iter(state.instances.values())
-    pos = len(head) + 1  # past the newline after '['
-    body = data[len(head) + 1 : end - len(_TAIL)]
+    head = data.find(_HEAD_END)
+    if head < 0 or not data[:end].endswith(_TAIL):
+        return None
+    pos = head + len(_HEAD_END)
+    try:
+        state = State.from_document(orjson.loads(data[: pos - 1] + b"]}"))
+    except (orjson.JSONDecodeError, StateError):
+        return None
+    if state.instances:
+        return None
+    instances = state.instances
+    known = state.nonfunctional
+    valid = codec.is_json
+    loads = orjson.loads
+    body_end = end - len(_TAIL)
     first = True
-    for line in body.split(b"\n") if body else ():
+    while pos < body_end:
+        nl = data.find(b"\n", pos, body_end)
+        if nl < 0:
+            nl = body_end
+        line = data[pos:nl]
         content = line.strip(b" ")
         if content.endswith(b","):
             content = content[:-1].rstrip(b" ")
         if content:
-            rec = next(records, None)
-            if rec is None or not content.startswith(b'{"ID":' + orjson.dumps(rec.id) + b","):
-                return -1
-            lead = len(line) - len(line.lstrip(b" "))
+            off = pos + len(line) - len(line.lstrip(b" "))
             # Each live element but the first owns the comma two bytes before it.
-            if not first and data[pos + lead - 2 : pos + lead - 1] != b",":
-                return -1
-            rec.off = pos + lead
-            rec.size = len(content)
+            if (data[off - 2 : off - 1] == b",") == first:
+                return None
+            k = content.find(_PROPS)
+            if k < 0:
+                brief, spec = content, None
+            else:
+                brief, spec = content[:k] + b"}", content[k + len(_PROPS) : -1]
+                if not content.endswith(b"}") or not valid(spec):
+                    return None
+            try:
+                desc = loads(brief)
+            except orjson.JSONDecodeError:
+                return None
+            if type(desc) is not dict or desc.keys() != _BRIEF_KEYS:
+                return None
+            instance_id, logical_id, tags = desc["ID"], desc["LogicalID"], desc["Tags"]
+            if (
+                type(instance_id) is not str
+                or not instance_id
+                or (logical_id is not None and type(logical_id) is not str)
+                or type(tags) is not dict
+                or instance_id in instances
+                or instance_id in known
+            ):
+                return None
+            for value in tags.values():
+                if type(value) is not str:
+                    return None
+            rec = Record(instance_id, brief, spec)
+            rec.off, rec.size = off, len(content)
+            state.load(rec, intern_tags(tags))
             first = False
-        pos += len(line) + 1
-    return end if next(records, None) is None else -1
+        pos = nl + 1
+    return state, end
 
 
 def _padding(end: int) -> int:
@@ -222,14 +277,15 @@ class FileStore(Store):
 
     def _load(self) -> None:
         if os.path.exists(self.path):
-            state, data, repaired = load_state_file(self.path)
-            if repaired:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+            state, data, end = load_state_file(self.path, raw)
+            if data is not raw:
                 log.warning(
                     "state file %s: the last append was cut short by a crash; dropped its %d incomplete bytes",
                     self.path,
-                    os.path.getsize(self.path) - len(data),
+                    len(raw.rstrip(b" ")) - len(data),
                 )
-            end = -1 if repaired else place(state, data)
         else:
             state, data, end = State(), b"", -1
         self._state = state
@@ -261,12 +317,12 @@ class FileStore(Store):
 
     # -- changes ----------------------------------------------------------------
 
-    def provision(self, record: Record) -> asyncio.Future[None]:
+    def provision(self, record: Record, tags: dict[str, str]) -> asyncio.Future[None]:
         state = self._state
         if state.known(record.id):
             raise StoreError(f"instance ID {record.id} already exists")
         had_live = len(state) > 0
-        state.append(record)
+        state.append(record, tags)
         elem = record.element()
         start = self._end - len(_TAIL)
         sep = b",\n" if had_live else b"\n"
@@ -501,11 +557,10 @@ class FileStore(Store):
             self._undo, self._unrecovered = undo, True
         try:
             data = rolled_back(self.path, self.journal_path, self._undo if self._unrecovered else None)
-            state = parse_state(data, self.path)
+            state, data, end = _read(data, self.path)
         except (OSError, StateError) as again:
             log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
             return
-        end = place(state, data)
         if end < 0:
             self._rewrite = True
         self._state = state

@@ -12,7 +12,7 @@ import orjson
 
 from .journal import rolled_back
 from .state import StateError
-from .store import FileStore, StoreLocked, load_state_file, place
+from .store import FileStore, StoreLocked, load_state_file
 
 __all__ = ["state_group"]
 
@@ -51,13 +51,13 @@ def check(ctx: click.Context, path: str | None) -> None:
         sys.exit(1)
     pending = image != raw
     try:
-        state, image, repaired = load_state_file(path, image)
+        state, document, end = load_state_file(path, image)
     except StateError as exc:
         click.echo(f"{path}: {exc}", err=True)
         sys.exit(1)
-    end = place(state, image)
+    repaired = document is not image
     in_place = end >= 0
-    click.echo(f"{path}: valid JSON state, {len(image)} bytes")
+    click.echo(f"{path}: valid JSON state, {len(document)} bytes")
     click.echo(f"  instances: {len(state.instances)}")
     click.echo(f"  non-functional: {len(state.nonfunctional)}")
     click.echo(f"  layout: {'in-place editable' if in_place else 'other (the plugin rewrites it at start)'}")
@@ -67,7 +67,10 @@ def check(ctx: click.Context, path: str | None) -> None:
     if pending:
         click.echo("  an interrupted write is pending in the journal: the next start rolls it back")
     if repaired:
-        click.echo(f"  the last append was cut short: the next start drops its {len(raw) - len(image)} incomplete bytes")
+        click.echo(
+            f"  the last append was cut short: the next start drops its"
+            f" {len(image.rstrip(b' ')) - len(document)} incomplete bytes"
+        )
     if pending or repaired:
         sys.exit(3)
 
