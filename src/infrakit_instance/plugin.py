@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -17,7 +16,7 @@ import orjson
 from . import __version__
 from ._impl import codec, rpc
 from .provider import LogicalProvider, Provider, ProviderError
-from .state import Record, intern_tags
+from .state import Record
 from .store import Store, StoreError, UnknownInstance
 
 __all__ = ["INSTANCE_VERSIONS", "Plugin"]
@@ -30,7 +29,6 @@ PLUGIN_ERROR = rpc.PLUGIN_ERROR
 INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 
 Result = bytes | Awaitable[bytes]
-_intern = sys.intern
 
 _OK = b'{"Type":%s,"OK":true}'
 _APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
@@ -178,7 +176,6 @@ class Plugin:
                 instance_id = f"instance-{self._rand.getrandbits(63)}"
                 if not state.known(instance_id):
                     break
-        tags = intern_tags(tags)
         rec = Record(instance_id, codec.encode_brief(instance_id, logical_id, tags), codec.encode_spec(spec))
         try:
             fut = self.store.provision(rec, tags)

@@ -10,7 +10,6 @@ the brief description on the rare paths that need them as a dict.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterator
 
 import orjson
@@ -19,16 +18,8 @@ from ._impl import codec
 
 __all__ = ["Record", "State", "StateError"]
 
-_intern = sys.intern
-
-
 class StateError(ValueError):
     """A state document that cannot be used, with what is wrong and where."""
-
-
-def intern_tags(tags: dict[str, str]) -> dict[str, str]:
-    """Tag keys and values repeat across thousands of instances: share the strings."""
-    return {_intern(k): _intern(v) for k, v in tags.items()}
 
 
 class Record:
@@ -71,7 +62,6 @@ class Record:
         tags = desc.get("Tags") or {}
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
             raise StateError(f"{where} ({instance_id}): Tags must be an object of strings")
-        tags = intern_tags(tags)
         spec = desc.get("Properties")
         spec_json = None if spec is None and "Properties" not in desc else codec.encode_spec(spec)
         return cls(instance_id, codec.encode_brief(instance_id, logical_id, tags), spec_json), tags
@@ -191,7 +181,7 @@ class State:
     def relabel(self, rec: Record, labels: dict[str, str]) -> Record:
         """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
         desc = orjson.loads(rec.brief)
-        tags = intern_tags({**desc["Tags"], **labels})
+        tags = {**desc["Tags"], **labels}
         new = Record(rec.id, codec.encode_brief(rec.id, desc["LogicalID"], tags), rec.spec)
         new.pos, new.off, new.size = rec.pos, rec.off, rec.size
         self._index_remove(rec)

@@ -20,21 +20,34 @@ changes share one batch and so one pair of fsyncs (group commit).
 from __future__ import annotations
 
 import asyncio
+import io
 import bisect
 import fcntl
 import logging
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import orjson
 
 from ._impl import codec
 from .journal import Journal, Record as UndoRecord, Region, recover, repair_torn_append, rolled_back
-from .state import Record, State, StateError, intern_tags
+from .state import Record, State, StateError
 
-__all__ = ["FileStore", "Store", "StoreError", "StoreLocked", "UnknownInstance", "load_state_file", "parse_state", "read_layout"]
+__all__ = [
+    "FileStore",
+    "Loaded",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+    "UnknownInstance",
+    "load_state_bytes",
+    "load_state_file",
+    "parse_state",
+    "read_layout",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,71 +132,98 @@ def parse_state(data: bytes, path: str) -> State:
         raise StateError(f"state file {path}: {exc}") from None
 
 
-def load_state_file(path: str, data: bytes | None = None) -> tuple[State, bytes, int]:
-    """Read a state file of any layout: the state, the document (repaired if an
-    append was cut short by a crash; see :mod:`journal`), and where the
-    document ends if it is of our in-place layout (else -1; the elements'
-    offsets are set only then)."""
-    if data is None:
-        with open(path, "rb") as f:
-            data = f.read()
+@dataclass
+class Loaded:
+    """A state file as read."""
+
+    state: State
+    #: Where the document ends if the file is of our in-place layout (the
+    #: elements' offsets are then set), else -1.
+    end: int
+    #: Bytes in the file.
+    size: int
+    #: The document cut back to its last complete element, when a crash cut an
+    #: append short (see :mod:`journal`); the file still holds the torn one.
+    repaired: bytes | None = None
+
+
+def load_state_file(path: str) -> Loaded:
+    """Read a state file of any layout; :class:`StateError` says what is wrong with it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        placed = read_layout(f)
+        if placed is not None:
+            return Loaded(placed[0], placed[1], size)
+        f.seek(0)
+        data = f.read()
+    return load_state_bytes(data, path, layout=False)
+
+
+def load_state_bytes(data: bytes, path: str, layout: bool = True) -> Loaded:
+    """:func:`load_state_file` for a document already in memory."""
+    if layout:
+        placed = read_layout(io.BytesIO(data))
+        if placed is not None:
+            return Loaded(placed[0], placed[1], len(data))
     try:
-        return _read(data, path)
+        return Loaded(parse_state(data, path), -1, len(data))
     except StateError:
         repaired = repair_torn_append(data, _TAIL)
         if repaired is None:
             raise
-    state, _, _ = _read(repaired, path)
-    return state, repaired, -1
-
-
-def _read(data: bytes, path: str) -> tuple[State, bytes, int]:
-    placed = read_layout(data)
-    if placed is not None:
-        return placed[0], data, placed[1]
-    return parse_state(data, path), data, -1
+    return Loaded(parse_state(repaired, path), -1, len(data), repaired)
 
 
 _HEAD_END = b'"Instances":[\n'
+_CLOSE = _TAIL[1:]
 _PROPS = b',"Properties":'
 _BRIEF_KEYS = {"ID", "LogicalID", "Tags"}
 
 
-def read_layout(data: bytes) -> tuple[State, int] | None:
-    """Load a file of our own layout line by line, decoding only each element's
-    brief description (the Spec stays the bytes it is in the file, checked to
-    be JSON), and place every element in it.  None if the file is not of our
-    layout or anything in it is off: the caller then parses the whole document
-    the slow way, which also says what is wrong."""
-    end = len(data.rstrip(b" "))
-    head = data.find(_HEAD_END)
-    if head < 0 or not data[:end].endswith(_TAIL):
+def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
+    """Load a file of our own layout line by line (never the whole file at once),
+    decoding only each element's brief description: the Spec stays the bytes
+    it is in the file, checked to be JSON.  Every element is placed as it is
+    read.  The state, and where the document ends; None if the file is not of
+    our layout or anything in it is off: the caller then parses the whole
+    document, which also says what is wrong."""
+    it = iter(lines)
+    head = []
+    pos = 0
+    for line in it:
+        pos += len(line)
+        head.append(line)
+        if line.endswith(_HEAD_END):
+            break
+    else:
         return None
-    pos = head + len(_HEAD_END)
     try:
-        state = State.from_document(orjson.loads(data[: pos - 1] + b"]}"))
+        state = State.from_document(orjson.loads(b"".join(head)[:-1] + b"]}"))
     except (orjson.JSONDecodeError, StateError):
         return None
     if state.instances:
         return None
-    instances = state.instances
-    known = state.nonfunctional
-    valid = codec.is_json
-    loads = orjson.loads
-    body_end = end - len(_TAIL)
-    first = True
-    while pos < body_end:
-        nl = data.find(b"\n", pos, body_end)
-        if nl < 0:
-            nl = body_end
-        line = data[pos:nl]
-        content = line.strip(b" ")
-        if content.endswith(b","):
+    instances, known = state.instances, state.nonfunctional
+    valid, loads = codec.is_json, orjson.loads
+    after_comma = False  # the line before ends with the comma that owns the next element
+    end = -1
+    for line in it:
+        start = pos
+        pos += len(line)
+        if end >= 0:
+            if line.strip(b" "):  # only padding may follow the document
+                return None
+            continue
+        if line == _CLOSE:
+            end = pos
+            continue
+        content = line.rstrip(b"\n").rstrip(b" ")
+        comma = content.endswith(b",")
+        if comma:
             content = content[:-1].rstrip(b" ")
-        if content:
-            off = pos + len(line) - len(line.lstrip(b" "))
-            # Each live element but the first owns the comma two bytes before it.
-            if (data[off - 2 : off - 1] == b",") == first:
+        if content and content[:1] != b" ":
+            # Each live element but the first owns the comma before it.
+            if after_comma == (not instances):
                 return None
             k = content.find(_PROPS)
             if k < 0:
@@ -212,10 +252,13 @@ def read_layout(data: bytes) -> tuple[State, int] | None:
                 if type(value) is not str:
                     return None
             rec = Record(instance_id, brief, spec)
-            rec.off, rec.size = off, len(content)
-            state.load(rec, intern_tags(tags))
-            first = False
-        pos = nl + 1
+            rec.off, rec.size = start, len(content)
+            state.load(rec, tags)
+        elif content:
+            return None  # an element that does not start its line: not written by us
+        after_comma = comma
+    if end < 0 or after_comma:
+        return None
     return state, end
 
 
@@ -277,27 +320,22 @@ class FileStore(Store):
 
     def _load(self) -> None:
         if os.path.exists(self.path):
-            with open(self.path, "rb") as f:
-                raw = f.read()
-            state, data, end = load_state_file(self.path, raw)
-            if data is not raw:
-                log.warning(
-                    "state file %s: the last append was cut short by a crash; dropped its %d incomplete bytes",
-                    self.path,
-                    len(raw.rstrip(b" ")) - len(data),
-                )
+            loaded = load_state_file(self.path)
+            state, end, size = loaded.state, loaded.end, loaded.size
+            if loaded.repaired is not None:
+                log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
         else:
-            state, data, end = State(), b"", -1
+            state, end, size = State(), -1, 0
         self._state = state
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if end >= 0:
-            self._end, self._size = end, len(data)
-            self._disk_size = len(data)
-            self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
+            self._end = end
+            self._size = self._disk_size = size
+            self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
             log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
         else:
-            if data:
+            if size and loaded.repaired is None:
                 log.warning("state file %s is in another layout (the C plugin's?): rewriting it in place-editable form", self.path)
             self._replace_file(self._plan_rewrite())
 
@@ -557,16 +595,19 @@ class FileStore(Store):
             self._undo, self._unrecovered = undo, True
         try:
             data = rolled_back(self.path, self.journal_path, self._undo if self._unrecovered else None)
-            state, data, end = _read(data, self.path)
+            loaded = load_state_bytes(data, self.path)
         except (OSError, StateError) as again:
             log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
             return
+        state, end = loaded.state, loaded.end
         if end < 0:
-            self._rewrite = True
+            self._rewrite = True  # a repaired or foreign document: write it anew
+            end = len(data)
         self._state = state
-        self._end, self._size = (end, len(data)) if end >= 0 else (len(data), len(data))
+        self._end, self._size = end, len(data)
         self._disk_size = len(data)
-        self._live = sum(r.size + 2 for r in state.instances.values()) + len(data) // 64
+        self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
+
 
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
     """Coalesce a batch's writes into disjoint regions; a later write wins where

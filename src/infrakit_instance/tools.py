@@ -12,7 +12,7 @@ import orjson
 
 from .journal import rolled_back
 from .state import StateError
-from .store import FileStore, StoreLocked, load_state_file
+from .store import FileStore, StoreLocked, load_state_bytes
 
 __all__ = ["state_group"]
 
@@ -51,11 +51,12 @@ def check(ctx: click.Context, path: str | None) -> None:
         sys.exit(1)
     pending = image != raw
     try:
-        state, document, end = load_state_file(path, image)
+        loaded = load_state_bytes(image, path)
     except StateError as exc:
         click.echo(f"{path}: {exc}", err=True)
         sys.exit(1)
-    repaired = document is not image
+    state, end, repaired = loaded.state, loaded.end, loaded.repaired is not None
+    document = loaded.repaired or image
     in_place = end >= 0
     click.echo(f"{path}: valid JSON state, {len(document)} bytes")
     click.echo(f"  instances: {len(state.instances)}")
@@ -116,7 +117,7 @@ def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties
             raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
         wanted[key] = value
     try:
-        state = load_state_file(path, rolled_back(path, path + ".journal"))[0]
+        state = load_state_bytes(rolled_back(path, path + ".journal"), path).state
     except (StateError, OSError) as exc:
         click.echo(f"infrakit-instance: {exc}", err=True)
         sys.exit(1)
