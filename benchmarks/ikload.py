@@ -264,6 +264,8 @@ def _classify(body: bytes) -> int | None:
 
 
 _BAD = 1 << 40  # sentinel code: not a JSON-RPC response at all
+_STREAM_OVER = 64 * 1024  # answers at least this big are streamed, not buffered
+_KEEP = 256  # bytes of a streamed answer's head and tail that are kept for _classify
 # A _Conn's transport until connection_made; a bare Transport whose methods all raise.
 _NO_TRANSPORT = asyncio.Transport()
 _T = TypeVar("_T")
@@ -362,6 +364,10 @@ class _Conn(asyncio.Protocol):
         "close_after",
         "chunk_pos",
         "chunks",
+        "skip",
+        "skipped_head",
+        "skipped_tail",
+        "skipped_total",
     )
 
     def __init__(self, drv: _Driver | _Probe) -> None:
@@ -383,6 +389,10 @@ class _Conn(asyncio.Protocol):
         self.close_after = False
         self.chunk_pos = 0
         self.chunks: list[bytes] = []
+        self.skip = 0  # body bytes still to stream past without keeping them
+        self.skipped_head = b""
+        self.skipped_tail = b""
+        self.skipped_total = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -398,6 +408,9 @@ class _Conn(asyncio.Protocol):
         if not self.in_flight:
             self.drv.fail(self, "bad-response")  # bytes nobody asked for: the stream is out of step
             return
+        if self.skip:
+            self._stream(data)
+            return
         buf = self.buf
         buf += data
         while self.in_flight:
@@ -406,6 +419,8 @@ class _Conn(asyncio.Protocol):
             if self.need >= 0:
                 end = self.head_end + self.need
                 if len(buf) < end:
+                    if self.need >= _STREAM_OVER and len(buf) - self.head_end >= _KEEP:
+                        self._start_streaming(end)
                     return
                 body = bytes(buf[self.head_end : end])
             elif self.need == -1:
@@ -419,6 +434,29 @@ class _Conn(asyncio.Protocol):
             nbytes = end
             del buf[:end]
             self._finish(body, nbytes)
+
+    def _start_streaming(self, end: int) -> None:
+        """A big answer (a Describe of thousands): keep its head and tail only.
+
+        Copying megabytes per answer made the tool, not the server, the bottleneck;
+        :func:`_classify` judges a success from the head and the tail anyway."""
+        buf = self.buf
+        self.skipped_head = bytes(buf[self.head_end : self.head_end + _KEEP])
+        self.skipped_tail = bytes(buf[-_KEEP:])
+        self.skipped_total = end
+        self.skip = end - len(buf)
+        buf.clear()
+
+    def _stream(self, data: bytes) -> None:
+        take = min(self.skip, len(data))
+        self.skip -= take
+        piece = data[:take] if take < len(data) else data
+        self.skipped_tail = (self.skipped_tail + piece[-_KEEP:])[-_KEEP:]
+        if self.skip:
+            return
+        self._finish(self.skipped_head + self.skipped_tail, self.skipped_total)
+        if take < len(data):
+            self.data_received(data[take:])
 
     def _parse_head(self) -> bool:
         buf = self.buf

@@ -524,3 +524,20 @@ def test_version_and_module_entry_point(tmp_path: Path) -> None:
     helptext = subprocess.run([sys.executable, "-m", "infrakit_instance", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--name", "--log", "--state", "--listen", "--fsync"):
         assert option in helptext
+
+
+def test_big_describe_answers_arrive_whole(client: Client) -> None:
+    # Answers over 64 KiB are written as separate buffers, never joined: the bytes must still add up.
+    s = spec("big")
+    s["Properties"] = {"blob": "x" * 2000}
+    made = [client.call("Instance.Provision", {"Spec": s})["ID"] for _ in range(60)]
+    for _ in range(2):  # the second answer comes from the cache
+        client.post_bytes(b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Tags":{"infrakit.group":"big"},"Properties":true},"id":"d"}')
+        status, headers, body = client.read_response()
+        assert status == 200 and int(headers["content-length"]) == len(body) > 64 * 1024
+        answer = json.loads(body)
+        assert answer["id"] == "d" and [d["ID"] for d in answer["result"]["Descriptions"]] == made
+        assert answer["result"]["Descriptions"][0]["Properties"] == s
+    # A batch holding a big answer is joined into one body.
+    client.post_bytes(json.dumps([{"jsonrpc": "2.0", "method": "Instance.DescribeInstances", "params": {"Properties": True}, "id": 1}]).encode())
+    assert len(json.loads(client.read_response()[2])[0]["result"]["Descriptions"]) == 60

@@ -429,3 +429,11 @@ def test_feed_accepts_bytes_like_data(impl: Any) -> None:
     assert parser.feed(bytearray(POST[:20])) == []
     [req] = parser.feed(memoryview(POST[20:]))
     assert req.body == b'{"jsonrpc":1}'
+
+
+def test_build_head_matches_build_response(impl: Any) -> None:
+    body = b'{"x":' + b"1" * 100 + b"}"
+    for keep_alive in (True, False):
+        for ctype, extra in ((b"application/json", b""), (b"text/plain", b"Allow: POST\r\n")):
+            whole = impl.http.build_response(200, body, keep_alive, ctype, extra)
+            assert impl.http.build_head(200, len(body), keep_alive, ctype, extra) + body == whole

@@ -19,6 +19,7 @@ __all__ = [
     "HttpError",
     "HttpParser",
     "Request",
+    "build_head",
     "build_response",
 ]
 
@@ -612,3 +613,13 @@ def build_response(
     w = put(w, b"\r\n", 2)
     put(w, PyBytes_AS_STRING(body), nb)
     return out
+
+
+def build_head(status, length, keep_alive=True, content_type=b"application/json", extra_headers=b""):
+    """The status line and headers of a response whose ``length``-byte body is
+    sent separately (a big answer is written without being copied into one buffer)."""
+    reason = _reasons.get(status, b"Unknown")
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason, content_type, length)
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    return head + extra_headers + b"\r\n"

@@ -7,6 +7,7 @@ __all__ = [
     "HttpError",
     "HttpParser",
     "Request",
+    "build_head",
     "build_response",
 ]
 
@@ -39,6 +40,13 @@ class HttpParser:
     def idle(self) -> bool: ...
     def feed(self, data: bytes) -> list[Request | HttpError | _Continue]: ...
 
+def build_head(
+    status: int,
+    length: int,
+    keep_alive: bool = True,
+    content_type: bytes = b"application/json",
+    extra_headers: bytes = b"",
+) -> bytes: ...
 def build_response(
     status: int,
     body: bytes,

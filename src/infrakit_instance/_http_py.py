@@ -14,6 +14,7 @@ __all__ = [
     "HttpError",
     "HttpParser",
     "Request",
+    "build_head",
     "build_response",
 ]
 
@@ -342,3 +343,19 @@ def build_response(
     if not keep_alive:
         head += b"Connection: close\r\n"
     return head + extra_headers + b"\r\n" + body
+
+
+def build_head(
+    status: int,
+    length: int,
+    keep_alive: bool = True,
+    content_type: bytes = b"application/json",
+    extra_headers: bytes = b"",
+) -> bytes:
+    """The status line and headers of a response whose ``length``-byte body is
+    sent separately (a big answer is written without being copied into one buffer)."""
+    reason = _REASONS.get(status, b"Unknown")
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason, content_type, length)
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    return head + extra_headers + b"\r\n"

@@ -15,6 +15,7 @@ import orjson
 
 from . import __version__
 from ._impl import codec, rpc
+from .rpc import Parts
 from .provider import LogicalProvider, Provider, ProviderError
 from .state import Record
 from .store import Store, StoreError, UnknownInstance
@@ -31,6 +32,7 @@ INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 Result = bytes | Awaitable[bytes]
 
 _OK = b'{"Type":%s,"OK":true}'
+_BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
 _APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
 _TYPES = orjson.dumps({"Types": {f"Instance/{v}": [] for v in INSTANCE_VERSIONS}})
 _HELLO = orjson.dumps({"Objects": {f"Instance/{v}": [{"Name": ".", "ProxyFor": ""}] for v in INSTANCE_VERSIONS}})
@@ -228,7 +230,7 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         return _then(fut, _OK % type_json)
 
-    def describe(self, params: dict[str, Any]) -> bytes:
+    def describe(self, params: dict[str, Any]) -> bytes | Parts:
         type_json = self._type(params)
         tags = _string_map(params.get("Tags"), "Tags")
         properties = params.get("Properties", False)
@@ -236,7 +238,10 @@ class Plugin:
             properties = False
         if not isinstance(properties, bool):
             raise _params_error('"Properties" must be true or false')
-        return codec.describe_result(type_json, self.store.describe(tags or None, properties))
+        descriptions = self.store.describe(tags or None, properties)
+        if len(descriptions) < _BIG:
+            return codec.describe_result(type_json, descriptions)
+        return Parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
     async def _provider_call(
         self,

@@ -9,13 +9,26 @@ from typing import Any, Awaitable, Callable
 
 from ._impl import rpc as envelope
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Parts"]
 
 log = logging.getLogger(__name__)
 
 RpcError = envelope.RpcError
 Method = Callable[[dict[str, Any]], "bytes | Awaitable[bytes]"]
 Answer = "bytes | None | asyncio.Future[bytes | None]"
+
+
+class Parts(tuple):  # type: ignore[type-arg]
+    """A big answer as ``(head, body, tail)``: sent as three buffers so that the
+    body (a cached Describe of thousands of instances) is never copied."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:  # the byte length of the whole answer
+        return sum(map(bytes.__len__, tuple.__iter__(self)))
+
+    def join(self) -> bytes:
+        return b"".join(tuple.__iter__(self))
 
 
 class Dispatcher:
@@ -60,13 +73,18 @@ class Dispatcher:
             return None if id_json is None else _internal(id_json, call.method, exc)
         if isinstance(result, bytes):
             return None if id_json is None else envelope.encode_result(id_json, result)
+        if isinstance(result, Parts):
+            if id_json is None:
+                return None
+            head, body, tail = tuple.__iter__(result)
+            return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}"))
         return _finish(result, id_json, call.method)
 
     def _batch(self, docs: list[Any]) -> bytes | None | asyncio.Future[bytes | None]:
         if not docs:
             return envelope.encode_error(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch")
         answers = [self._one(d) for d in docs]
-        if all(isinstance(a, bytes) or a is None for a in answers):
+        if all(isinstance(a, (bytes, Parts)) or a is None for a in answers):
             return _join(answers)  # type: ignore[arg-type]
         return asyncio.ensure_future(_gather_batch(answers))
 
@@ -77,7 +95,7 @@ async def _gather_batch(answers: list[Any]) -> bytes | None:
 
 
 def _join(answers: list[bytes | None]) -> bytes | None:
-    parts = [a for a in answers if a is not None]
+    parts = [a.join() if isinstance(a, Parts) else a for a in answers if a is not None]
     if not parts:
         return None
     return b"[" + b",".join(parts) + b"]"

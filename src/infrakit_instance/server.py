@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 from ._impl import http
 from .plugin import Plugin
 from .provider import BoundedProvider, LogicalProvider, Provider, ProviderError
-from .rpc import Dispatcher
+from .rpc import Dispatcher, Parts
 from .store import FileStore, Store
 from .sync import Syncer
 
@@ -150,7 +151,7 @@ class Connection(asyncio.Protocol):
             self._slots.append([http.build_response(415, body, keep_alive, _TEXT), not keep_alive])
         else:
             answer = self.server.dispatcher.handle(req.body)
-            if answer is None or isinstance(answer, bytes):
+            if answer is None or isinstance(answer, (bytes, Parts)):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
                 slot: list[Any] = [None, not keep_alive]
@@ -167,9 +168,12 @@ class Connection(asyncio.Protocol):
         self._update_reading()
         self.server.idle_changed()
 
-    def _respond(self, body: bytes | None, keep_alive: bool) -> bytes:
+    def _respond(self, body: bytes | Parts | None, keep_alive: bool) -> bytes | list[bytes]:
         if self.server.debug:
-            log.debug("-> %s", body)
+            log.debug("-> %s", body.join() if isinstance(body, Parts) else body)
+        if isinstance(body, Parts):
+            head, middle, tail = tuple.__iter__(body)
+            return [http.build_head(200, len(body), keep_alive) + head, middle, tail]
         return http.build_response(200, body or b"", keep_alive)
 
     def _info(self, req: Any, keep_alive: bool) -> bytes:
@@ -191,7 +195,10 @@ class Connection(asyncio.Protocol):
             return
         while slots and slots[0][0] is not None:
             data, close = slots.popleft()
-            transport.write(data)
+            if type(data) is list:
+                transport.writelines(data)
+            else:
+                transport.write(data)
             if close:
                 slots.clear()
                 transport.close()
@@ -272,6 +279,10 @@ class Server:
             os.makedirs(os.path.dirname(os.path.abspath(unix_path)), exist_ok=True)
             claim_socket_path(unix_path)
         await self.store.open()
+        # The loaded state is long-lived and acyclic: keep the cyclic GC from
+        # rescanning it on every full collection (cost would grow with the state).
+        gc.collect()
+        gc.freeze()
         await self.plugin.provider.start()
         self.syncer.start()
         loop = asyncio.get_running_loop()
