@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 _TAIL = codec.TAIL
 _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
 _PAD_MIN = 64 * 1024
+_SLACK = 32  # spaces left inside the slot of an element that outgrew its old one
 
 
 class StoreError(Exception):
@@ -217,45 +218,17 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
         if line == _CLOSE:
             end = pos
             continue
-        content = line.rstrip(b"\n").rstrip(b" ")
-        comma = content.endswith(b",")
-        if comma:
-            content = content[:-1].rstrip(b" ")
-        if content and content[:1] != b" ":
+        parsed = codec.parse_element(line)
+        if parsed is None:
+            return None
+        comma, size, instance_id, tags, brief, spec = parsed
+        if instance_id is not None:
             # Each live element but the first owns the comma before it.
-            if after_comma == (not instances):
+            if after_comma == (not instances) or instance_id in instances or instance_id in known:
                 return None
-            k = content.find(_PROPS)
-            if k < 0:
-                brief, spec = content, None
-            else:
-                brief, spec = content[:k] + b"}", content[k + len(_PROPS) : -1]
-                if not content.endswith(b"}") or not valid(spec):
-                    return None
-            try:
-                desc = loads(brief)
-            except orjson.JSONDecodeError:
-                return None
-            if type(desc) is not dict or desc.keys() != _BRIEF_KEYS:
-                return None
-            instance_id, logical_id, tags = desc["ID"], desc["LogicalID"], desc["Tags"]
-            if (
-                type(instance_id) is not str
-                or not instance_id
-                or (logical_id is not None and type(logical_id) is not str)
-                or type(tags) is not dict
-                or instance_id in instances
-                or instance_id in known
-            ):
-                return None
-            for value in tags.values():
-                if type(value) is not str:
-                    return None
             rec = Record(instance_id, brief, spec)
-            rec.off, rec.size = start, len(content)
+            rec.off, rec.size = start, size
             state.load(rec, tags)
-        elif content:
-            return None  # an element that does not start its line: not written by us
         after_comma = comma
     if end < 0 or after_comma:
         return None
@@ -287,6 +260,8 @@ class FileStore(Store):
         self._disk_size = 0  # file size on disk now
         self._writes: list[tuple[int, bytes]] = []
         self._in_place = False  # the pending batch overwrites more than the closing bytes
+        self._relayout_at = -1  # the pending batch moves every element from this offset on
+        self._grown: set[str] = set()  # ... because these outgrew their slots
         self._rewrite = False
         self._waiters: list[asyncio.Future[None]] = []
         self._wake: asyncio.Event | None = None
@@ -407,7 +382,11 @@ class FileStore(Store):
         if len(elem) <= rec.size:
             self._queue(rec.off, elem + b" " * (rec.size - len(elem)))
         else:
-            self._relayout_from(new)
+            # It grew out of its slot: everything from here on moves.  That is
+            # planned once per batch, when the batch is cut (see _relayout).
+            self._relayout_at = rec.off if self._relayout_at < 0 else min(self._relayout_at, rec.off)
+            self._grown.add(instance_id)
+            self._in_place = True
         return self._waiter()
 
     def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
@@ -457,20 +436,25 @@ class FileStore(Store):
         self._wake.set()
         return fut
 
-    def _relayout_from(self, rec: Record) -> None:
-        """Rewrite ``rec`` and every element after it (it grew out of its slot)."""
-        live = list(self._state.instances.values())
-        i = next(i for i, r in enumerate(live) if r is rec)
-        if self._end - rec.off > self._end // 2 and self._end > _COMPACT_MIN:
-            self._rewrite = True
+    def _relayout(self) -> None:
+        """Rewrite every element from the first one that grew out of its slot to
+        the end; the grown ones get some slack so that the next label fits."""
+        start, self._relayout_at = self._relayout_at, -1
+        grown, self._grown = self._grown, set()
+        if self._end - start > self._end // 2 and self._end > _COMPACT_MIN:
+            self._rewrite = True  # cheaper written whole
             return
         parts = []
-        pos = rec.off
-        for j, r in enumerate(live[i:]):
-            if j:
+        pos = start
+        for r in self._state.instances.values():
+            if r.off < start:
+                continue
+            if pos > start:
                 parts.append(b",\n")
                 pos += 2
             elem = r.element()
+            if r.id in grown:
+                elem += b" " * _SLACK
             r.off, r.size = pos, len(elem)
             parts.append(elem)
             pos += len(elem)
@@ -481,7 +465,7 @@ class FileStore(Store):
         elif end > self._size:
             self._size = end + _padding(end)
             parts.append(b" " * (self._size - end))
-        self._queue(rec.off, b"".join(parts))
+        self._queue(start, b"".join(parts))
         self._end = end
 
     def _maybe_compact(self) -> None:
@@ -495,6 +479,8 @@ class FileStore(Store):
             rec.off, rec.size = off, len(rec.element())
         self._writes = []
         self._in_place = False
+        self._relayout_at = -1
+        self._grown.clear()
         self._rewrite = False
         self._end = len(doc)
         self._live = len(doc)
@@ -515,6 +501,8 @@ class FileStore(Store):
                     return
                 continue
             waiters, self._waiters = self._waiters, []
+            if self._relayout_at >= 0:
+                self._relayout()
             try:
                 if self._unrecovered:
                     await loop.run_in_executor(self._executor, recover, self.path, self.journal_path, self._undo, self.fsync)
@@ -576,6 +564,8 @@ class FileStore(Store):
         pending, self._waiters = self._waiters, []
         self._writes = []
         self._in_place = False
+        self._relayout_at = -1
+        self._grown.clear()
         self._rewrite = False
         err = StoreError(f"could not write the state file {self.path}: {exc.strerror or exc}")
         for fut in waiters + pending:
