@@ -122,3 +122,36 @@ def test_encode_document(benchmark: Any, impl: Any) -> None:
     elements = [impl.codec.element(impl.codec.encode_brief(f"instance-{n}", None, TAGS), SPEC) for n in range(10_000)]
     doc, offsets = benchmark(impl.codec.encode_document, b"{}", [], elements)
     assert len(offsets) == 10_000
+
+
+def _layout_lines(codec: Any, n: int) -> list[bytes]:
+    """The ``Instances`` lines of an ``n``-instance state file, as a file read gives them."""
+    elements = [
+        codec.element(codec.encode_brief(f"instance-{k}", None, {**TAGS, "infrakit.group": f"g{k // 1000}"}), SPEC)
+        for k in range(n)
+    ]
+    doc, _ = codec.encode_document(b"{}", [], elements)
+    return doc.splitlines(keepends=True)[1:-1]
+
+
+def test_load_elements(benchmark: Any, impl: Any) -> None:
+    """Start-up: every element line of a 10,000-instance state file checked and split
+    into what a record needs (ID, tags, brief, Spec), as the store's loader does."""
+    benchmark.group = "load 10,000 state-file elements (parse_element)"
+    parse_element = impl.codec.parse_element
+    lines = _layout_lines(impl.codec, 10_000)
+
+    def load() -> int:
+        n = 0
+        for line in lines:
+            if parse_element(line)[2] is not None:
+                n += 1
+        return n
+
+    assert benchmark(load) == 10_000
+
+
+def test_check_spec(benchmark: Any, impl: Any) -> None:
+    """The Spec of an element checked to be JSON (orjson in the pure twin, a validator in the compiled one)."""
+    benchmark.group = "check a Spec is JSON (is_json)"
+    assert benchmark(impl.codec.is_json, SPEC) is True

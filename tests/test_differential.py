@@ -330,3 +330,150 @@ def test_spec_and_json_checks(spec: Any, data: bytes) -> None:
     same(_codec_c.encode_spec, _codec_py.encode_spec, spec)
     same(_codec_c.is_json, _codec_py.is_json, data)
     same(_codec_c.is_json, _codec_py.is_json, _text(spec))
+
+
+# -- JSON validation and state-file lines --------------------------------------------------
+#
+# The compiled ``is_json`` is a validator of its own, the pure one asks orjson:
+# JSON-ish byte soup (tokens, escapes, surrogates, bad UTF-8, numbers at the
+# edge of the double range, deep nesting) must get the same answer from both.
+
+# fmt: off
+_JSON_TOKENS = st.sampled_from(
+    [
+        b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b"\\u", b"d800", b"DC00", b"\\ud83d\\ude00",
+        b"\\ud800", b"\\udc00", b"\\n", b"\\/", b"\\x", b"0", b"1", b"9", b"-", b".", b"e", b"E", b"+",
+        b"true", b"false", b"null", b"tru", b" ", b"\n", b"\t", b"\r", b"\x0c", b"\x00", b"\x1f", b"\x7f",
+        b"\xc3\xa9", b"\xed\xa0\x80", b"\xff", b"\xf0\x9f\x98\x80", b"\xe0\x9f\xbf", b"\xf4\x90\x80\x80",
+        b"\xc3", b"\xef\xbb\xbf", b"a", b'"k":', b'"v"', b"00", b"1e308", b"9e308", b"1e309", b"1e-400",
+        b"1.7976931348623157e308", b"1.7976931348623159e308", b"18446744073709551616",
+    ]
+)
+# fmt: on
+_SOUP = st.lists(_JSON_TOKENS, max_size=16).map(b"".join)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
+    """``base`` with a few bytes or tokens deleted, inserted or cut off."""
+    data = bytearray(draw(base))
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["delete", "insert", "cut"]))
+        if op == "delete":
+            del data[i : i + 1]
+        elif op == "insert":
+            data[i:i] = draw(st.one_of(_JSON_TOKENS, st.binary(min_size=1, max_size=2)))
+        else:
+            del data[i:]
+    return bytes(data)
+
+
+@st.composite
+def big_numbers(draw: st.DrawFn) -> bytes:
+    """Numbers whose magnitude is near the largest double, written every which way."""
+    digits = str(2**1024 - 2**970 + draw(st.integers(-(2**972), 2**972)))
+    shift = draw(st.integers(-60, 60))
+    if shift > 0:  # a fraction and a larger exponent for the same value
+        digits = digits[:-shift] + "." + digits[-shift:] + f"e{shift}"
+    elif shift < 0:  # leading zeros and a larger exponent
+        digits = "0." + "0" * -shift + digits + f"e{len(digits) - shift}"
+    return (draw(st.sampled_from(["", "-"])) + digits).encode()
+
+
+@st.composite
+def nested(draw: st.DrawFn) -> bytes:
+    """Arrays and objects around the depth limit (1024)."""
+    depth = draw(st.integers(1015, 1030))
+    kinds = draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
+    inner = draw(st.sampled_from([b"1", b"[]", b"{}", b'"s"', b""]))
+    opens = b"".join(b'{"k":' if k else b"[" for k in kinds)
+    closes = b"".join(b"}" if k else b"]" for k in reversed(kinds))
+    return opens + inner + closes[: draw(st.sampled_from([len(closes), len(closes) - 1]))]
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        _SOUP,
+        mutated(st.one_of(_JSON.map(_text), st.just(b'{"a":[1,2.5e3,-0.0,"x\\u00e9\\ud83d\\ude00"]}'))),
+        mutated(_SOUP),
+        big_numbers(),
+        nested(),
+        st.binary(max_size=30),
+        st.text(max_size=12).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    )
+)
+def test_is_json(data: bytes) -> None:
+    assert same(_codec_c.is_json, _codec_py.is_json, data)[2] in (True, False)
+
+
+@SETTINGS
+@given(st.one_of(st.text(max_size=8), st.builds(bytearray, _SOUP), st.builds(memoryview, _SOUP), st.integers()))
+def test_is_json_other_types(data: Any) -> None:
+    same(_codec_c.is_json, _codec_py.is_json, data)
+
+
+_TAG_TEXT = st.one_of(
+    st.sampled_from(["infrakit.group", "role", "g0", "worker", "", "Properties", ',"Properties":', "x" * 70]),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def element_lines(draw: st.DrawFn) -> bytes:
+    """A state-file line: mostly as our writer writes it, often bent out of shape."""
+    desc: dict[str, Any] = {
+        "ID": draw(st.sampled_from(["instance-1", "i-2", None, 1]) if draw(st.booleans()) else _TAG_TEXT),
+        "LogicalID": draw(st.one_of(st.none(), _TAG_TEXT, st.just(1))),
+        "Tags": draw(st.dictionaries(_TAG_TEXT, _TAG_TEXT, max_size=4) if draw(st.integers(0, 5)) else _JSON),
+    }
+    if draw(st.integers(0, 19)) == 0:
+        desc["X"] = 1
+    if draw(st.integers(0, 19)) == 0:
+        del desc[draw(st.sampled_from(sorted(desc)))]
+    if draw(st.booleans()):
+        desc = dict(draw(st.permutations(list(desc.items()))))
+    try:
+        brief = orjson.dumps(desc)
+    except TypeError:
+        brief = b"{}"
+    if draw(st.integers(0, 9)) == 0:
+        brief = brief.replace(b":", b": ").replace(b",", b" ,")
+    if draw(st.integers(0, 3)):
+        bad = st.one_of(_SOUP, st.sampled_from([b"", b"1e400", b'"\\ud800"', b"{}}"]))
+        spec = draw(_JSON.map(_text) if draw(st.integers(0, 3)) else bad)
+        brief = brief[:-1] + b',"Properties":' + spec + b"}"
+    line = (
+        draw(st.sampled_from([b""] * 7 + [b" "]))
+        + brief
+        + draw(st.sampled_from([b"", b" ", b"   "]))
+        + draw(st.sampled_from([b"", b",", b" ,", b", "]))
+        + draw(st.sampled_from([b"", b"\n", b"\n", b" \n", b"\n\n"]))
+    )
+    return draw(mutated(st.just(line))) if draw(st.integers(0, 3)) == 0 else line
+
+
+def _parse_outcome(module: Any, line: Any) -> Any:
+    got = outcome(module.parse_element, line)
+    if got[0] == "value" and got[2] is not None:  # the types of the parts too (norm compares values)
+        return got, [type(x).__name__ for x in got[2]]
+    return got
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        element_lines(),
+        st.lists(st.sampled_from([b" ", b",", b"\n", b"{", b"}", b'"', b"a", b"\xff"]), max_size=10).map(b"".join),
+        st.binary(max_size=40),
+    )
+)
+def test_parse_element(line: bytes) -> None:
+    assert _parse_outcome(_codec_c, line) == _parse_outcome(_codec_py, line)
+
+
+@SETTINGS
+@given(st.one_of(st.text(max_size=8), st.builds(bytearray, st.binary(max_size=8)), st.none(), st.integers()))
+def test_parse_element_other_types(line: Any) -> None:
+    same(_codec_c.parse_element, _codec_py.parse_element, line)

@@ -16,6 +16,10 @@ last, so an append only rewrites the four closing bytes::
     {...},
     {...}
     ]}
+
+Each line of ``Instances`` holds one element (or the spaces a removed one
+left), then the comma that owns the next element, if any: the comma may sit
+on a blank line, after a removal.  :func:`parse_element` reads one such line.
 """
 
 from __future__ import annotations
@@ -33,9 +37,18 @@ __all__ = [
     "is_json",
     "encode_document",
     "join_descriptions",
+    "parse_element",
 ]
 
 TAIL = b"\n]}\n"
+
+# What parse_element gives for a line of our layout.
+_Element = tuple[bool, int, str | None, dict[str, str] | None, bytes | None, bytes | None]
+
+_PROPS = b',"Properties":'
+_BRIEF_KEYS = frozenset(("ID", "LogicalID", "Tags"))
+_BLANK: _Element = (False, 0, None, None, None, None)
+_BLANK_COMMA: _Element = (True, 0, None, None, None, None)
 
 
 class _HasParts(Protocol):
@@ -52,6 +65,55 @@ def is_json(data: bytes) -> bool:
     return True
 
 
+def parse_element(line: bytes) -> _Element | None:
+    """One line of the ``Instances`` array as read from the file, checked.
+
+    ``(comma, size, instance_id, tags, brief, spec)``: whether the line ends
+    with the comma that owns the next element; for an element, its length in
+    the line (without the comma and the spaces around it), its ID, its tags,
+    its brief description and its Spec (the bytes in the file, checked to be
+    JSON; None if it has no Properties).  A blank line (spaces, maybe the
+    comma) gives ``instance_id`` None.  None: the line is not of our layout
+    (an element that does not start its line, not JSON, other keys, ...).
+    """
+    if type(line) is not bytes:
+        raise TypeError(f"parse_element() needs bytes, not {type(line).__name__}")
+    content = line.rstrip(b"\n").rstrip(b" ")
+    comma = content.endswith(b",")
+    if comma:
+        content = content[:-1].rstrip(b" ")
+    if not content:
+        return _BLANK_COMMA if comma else _BLANK
+    if content[:1] == b" ":
+        return None  # an element that does not start its line: not written by us
+    k = content.find(_PROPS)
+    if k < 0:
+        brief, spec = content, None
+    else:
+        spec = content[k + len(_PROPS) : -1]
+        if not content.endswith(b"}") or not is_json(spec):
+            return None
+        brief = content[:k] + b"}"
+    try:
+        desc = orjson.loads(brief)
+    except orjson.JSONDecodeError:
+        return None
+    if type(desc) is not dict or desc.keys() != _BRIEF_KEYS:
+        return None
+    instance_id, logical_id, tags = desc["ID"], desc["LogicalID"], desc["Tags"]
+    if (
+        type(instance_id) is not str
+        or not instance_id
+        or (logical_id is not None and type(logical_id) is not str)
+        or type(tags) is not dict
+    ):
+        return None
+    for value in tags.values():
+        if type(value) is not str:
+            return None
+    return comma, len(content), instance_id, tags, brief, spec
+
+
 def encode_spec(spec: Any) -> bytes:
     """A provisioned Spec as compact JSON, in a buffer of its own size (orjson
     may hand back a much larger allocation, which a long-lived record would keep)."""
@@ -59,8 +121,9 @@ def encode_spec(spec: Any) -> bytes:
 
 
 def encode_brief(instance_id: str, logical_id: str | None, tags: dict[str, str]) -> bytes:
-    """The Description of an instance without Properties."""
-    return orjson.dumps({"ID": instance_id, "LogicalID": logical_id, "Tags": tags})
+    """The Description of an instance without Properties (kept for the instance's
+    lifetime, so copied out of orjson's oversized buffer like :func:`encode_spec`)."""
+    return bytes(memoryview(orjson.dumps({"ID": instance_id, "LogicalID": logical_id, "Tags": tags})))
 
 
 def element(brief: bytes, spec: bytes | None) -> bytes:

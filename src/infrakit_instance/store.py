@@ -177,8 +177,6 @@ def load_state_bytes(data: bytes, path: str, layout: bool = True) -> Loaded:
 
 _HEAD_END = b'"Instances":[\n'
 _CLOSE = _TAIL[1:]
-_PROPS = b',"Properties":'
-_BRIEF_KEYS = {"ID", "LogicalID", "Tags"}
 
 
 def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
@@ -205,7 +203,6 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
     if state.instances:
         return None
     instances, known = state.instances, state.nonfunctional
-    valid, loads = codec.is_json, orjson.loads
     after_comma = False  # the line before ends with the comma that owns the next element
     end = -1
     for line in it:
