@@ -127,11 +127,22 @@ class Client:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def post_bytes(self, body: bytes, headers: dict[str, str] | None = None, method: str = "POST", path: str = "/") -> None:
-        hdrs = {"Host": "h", "User-Agent": "Go-http-client/1.1", "Content-Length": str(len(body)),
-                "Content-Type": "application/json", "Accept-Encoding": "gzip"}
+    def post_bytes(
+        self, body: bytes, headers: dict[str, str] | None = None, method: str = "POST", path: str = "/"
+    ) -> None:
+        hdrs = {
+            "Host": "h",
+            "User-Agent": "Go-http-client/1.1",
+            "Content-Length": str(len(body)),
+            "Content-Type": "application/json",
+            "Accept-Encoding": "gzip",
+        }
         hdrs.update(headers or {})
-        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items() if v is not None) + "\r\n"
+        head = (
+            f"{method} {path} HTTP/1.1\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items() if v is not None)
+            + "\r\n"
+        )
         self.send(head.encode() + body)
 
     def _fill(self) -> bool:
@@ -207,5 +218,8 @@ def wire(name: str) -> tuple[bytes, bytes]:
 def with_body(request: bytes, body: bytes) -> bytes:
     """A captured request with its body replaced (Content-Length fixed)."""
     head, _ = request.split(b"\r\n\r\n", 1)
-    lines = [ln if not ln.lower().startswith(b"content-length:") else b"Content-Length: %d" % len(body) for ln in head.split(b"\r\n")]
+    lines = [
+        ln if not ln.lower().startswith(b"content-length:") else b"Content-Length: %d" % len(body)
+        for ln in head.split(b"\r\n")
+    ]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body

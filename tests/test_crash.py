@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from plugin_proc import Plugin, spec
 

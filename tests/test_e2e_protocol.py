@@ -7,10 +7,12 @@ import os
 import socket
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+
 from plugin_proc import Client, Plugin, spec, wait_for, wire, with_body
 
 
@@ -101,7 +103,15 @@ def test_wire_requests_split_into_single_bytes(client: Client) -> None:
 
 
 def test_pipelined_requests_are_answered_in_order(client: Client) -> None:
-    reqs = [wire(n)[0] for n in ("new-Instance.Provision", "new-Instance.Validate", "new-Instance.DescribeInstances-notags-noprops", "new-Handshake.Hello")]
+    reqs = [
+        wire(n)[0]
+        for n in (
+            "new-Instance.Provision",
+            "new-Instance.Validate",
+            "new-Instance.DescribeInstances-notags-noprops",
+            "new-Handshake.Hello",
+        )
+    ]
     client.send(b"".join(reqs))
     answers = [json.loads(client.read_response()[2]) for _ in reqs]
     assert [a["id"] for a in answers] == [json.loads(r.split(b"\r\n\r\n")[1])["id"] for r in reqs]
@@ -150,8 +160,10 @@ def test_describe_filters_by_every_tag_and_keeps_array_order(client: Client) -> 
     made = []
     for group, role in [("a", "x"), ("b", "x"), ("a", "y"), ("a", "x")]:
         made.append((client.call("Instance.Provision", {"Spec": spec(group, role=role)})["ID"], group, role))
+
     def ids(tags: Any) -> list[str]:
         return [d["ID"] for d in client.call("Instance.DescribeInstances", {"Tags": tags})["Descriptions"]]
+
     assert ids(None) == [m[0] for m in made]
     assert ids({}) == [m[0] for m in made]
     assert ids({"infrakit.group": "a"}) == [m[0] for m in made if m[1] == "a"]
@@ -159,7 +171,10 @@ def test_describe_filters_by_every_tag_and_keeps_array_order(client: Client) -> 
     assert ids({"infrakit.group": "a", "role": "z"}) == []
     assert ids({"nope": "a"}) == []
     # Labelling an early instance into a group keeps the array order in the answer.
-    assert client.call("Instance.Label", {"Instance": made[1][0], "Labels": {"infrakit.group": "a"}}) == {"Type": "", "OK": True}
+    assert client.call("Instance.Label", {"Instance": made[1][0], "Labels": {"infrakit.group": "a"}}) == {
+        "Type": "",
+        "OK": True,
+    }
     assert ids({"infrakit.group": "a"}) == [made[0][0], made[1][0], made[2][0], made[3][0]]
 
 
@@ -198,7 +213,11 @@ def test_unknown_type_is_a_plugin_error(client: Client) -> None:
 
 @pytest.mark.parametrize("ident", [2**63 - 1, 2**64 + 12345, 9007199254740993, -5, 0, "req-7", "", None, 1.5])
 def test_id_is_echoed_exactly(client: Client, ident: Any) -> None:
-    body = b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{"Properties":{}},"id":' + json.dumps(ident).encode() + b"}"
+    body = (
+        b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{"Properties":{}},"id":'
+        + json.dumps(ident).encode()
+        + b"}"
+    )
     client.post_bytes(body)
     _, _, answer = client.read_response()
     assert answer.endswith(b',"id":' + json.dumps(ident, separators=(",", ":")).encode() + b"}")
@@ -217,10 +236,22 @@ def test_id_is_echoed_exactly(client: Client, ident: Any) -> None:
         (b"[]", -32600, "empty batch"),
         (b'{"jsonrpc":"2.0","method":"Instance.Nope","id":1}', -32601, "Instance.Nope"),
         (b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":3},"id":1}', -32602, '"Spec"'),
-        (b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":{"Tags":{"a":1}}},"id":1}', -32602, "Spec.Tags"),
+        (
+            b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":{"Tags":{"a":1}}},"id":1}',
+            -32602,
+            "Spec.Tags",
+        ),
         (b'{"jsonrpc":"2.0","method":"Instance.Destroy","params":{},"id":1}', -32602, '"Instance"'),
-        (b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Properties":"yes"},"id":1}', -32602, '"Properties"'),
-        (b'{"jsonrpc":"2.0","method":"Instance.Label","params":{"Instance":"x","Labels":[1]},"id":1}', -32602, "Labels"),
+        (
+            b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Properties":"yes"},"id":1}',
+            -32602,
+            '"Properties"',
+        ),
+        (
+            b'{"jsonrpc":"2.0","method":"Instance.Label","params":{"Instance":"x","Labels":[1]},"id":1}',
+            -32602,
+            "Labels",
+        ),
         (b'{"jsonrpc":"2.0","method":"Instance.Validate","params":"x","id":1}', -32602, "params"),
     ],
 )
@@ -244,13 +275,20 @@ def test_notification_gets_an_empty_answer_and_still_acts(client: Client) -> Non
 
 
 def test_batch(client: Client) -> None:
-    body = json.dumps([
-        {"jsonrpc": "2.0", "method": "Instance.Provision", "params": {"Spec": spec("batch")}, "id": "p"},
-        {"jsonrpc": "2.0", "method": "Instance.Validate", "params": {}},
-        {"jsonrpc": "2.0", "method": "No.Such", "id": 2},
-        5,
-        {"jsonrpc": "2.0", "method": "Instance.DescribeInstances", "params": {"Tags": {"infrakit.group": "batch"}}, "id": 3},
-    ]).encode()
+    body = json.dumps(
+        [
+            {"jsonrpc": "2.0", "method": "Instance.Provision", "params": {"Spec": spec("batch")}, "id": "p"},
+            {"jsonrpc": "2.0", "method": "Instance.Validate", "params": {}},
+            {"jsonrpc": "2.0", "method": "No.Such", "id": 2},
+            5,
+            {
+                "jsonrpc": "2.0",
+                "method": "Instance.DescribeInstances",
+                "params": {"Tags": {"infrakit.group": "batch"}},
+                "id": 3,
+            },
+        ]
+    ).encode()
     client.post_bytes(body)
     answers = json.loads(client.read_response()[2])
     assert [a["id"] for a in answers] == ["p", 2, None, 3]
@@ -275,15 +313,31 @@ def test_non_post_is_405_and_wrong_content_type_is_415(client: Client) -> None:
     client.post_bytes(b"", method="GET")
     status, headers, _ = client.read_response()
     assert status == 405 and headers["allow"] == "POST"
-    for ctype, expected in [("text/plain", 415), ("application/json; charset=utf-8", 200), ("", 200), ("Application/JSON", 200)]:
-        client.post_bytes(b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{},"id":1}', headers={"Content-Type": ctype})
+    for ctype, expected in [
+        ("text/plain", 415),
+        ("application/json; charset=utf-8", 200),
+        ("", 200),
+        ("Application/JSON", 200),
+    ]:
+        client.post_bytes(
+            b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{},"id":1}', headers={"Content-Type": ctype}
+        )
         assert client.read_response()[0] == expected, ctype
 
 
 def test_chunked_body_and_expect_continue(client: Client) -> None:
-    body = b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":' + json.dumps(spec("chunky")).encode() + b'},"id":11}'
-    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + 50]), body[i : i + 50]) for i in range(0, len(body), 50))
-    head = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    body = (
+        b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":'
+        + json.dumps(spec("chunky")).encode()
+        + b'},"id":11}'
+    )
+    chunks = b"".join(
+        b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + 50]), body[i : i + 50]) for i in range(0, len(body), 50)
+    )
+    head = (
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    )
     client.send(head)
     status, _, _ = client.read_response()
     assert status == 100
@@ -293,7 +347,11 @@ def test_chunked_body_and_expect_continue(client: Client) -> None:
     # curl sends Expect for bodies over 1 KiB with a Content-Length.
     big = {"Properties": {"blob": "x" * 4000}}
     payload = json.dumps({"jsonrpc": "2.0", "method": "Instance.Validate", "params": big, "id": 12}).encode()
-    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload))
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(payload)
+    )
     assert client.read_response()[0] == 100
     client.send(payload)
     assert json.loads(client.read_response()[2])["id"] == 12
@@ -306,7 +364,13 @@ def test_info_documents(client: Client) -> None:
     assert status == 200
     assert {"Name": "Instance", "Version": "0.6.1"} in info["Implements"]
     methods = {m["Method"] for i in info["Interfaces"] for m in i["Methods"]}
-    assert {"Instance.Provision", "Instance.Destroy", "Instance.DescribeInstances", "Instance.Label", "Instance.Validate"} <= methods
+    assert {
+        "Instance.Provision",
+        "Instance.Destroy",
+        "Instance.DescribeInstances",
+        "Instance.Label",
+        "Instance.Validate",
+    } <= methods
     assert info["Vendor"]["Name"] == "infrakit-instance"
     client.post_bytes(b"", method="GET", path="/info/functions.json")
     assert client.read_response()[2] == b"{}"
@@ -342,7 +406,11 @@ def test_idle_connection_is_closed_but_a_slow_client_does_not_block_others(tmp_p
 
 
 def test_bad_http_gets_400_and_the_plugin_keeps_serving(client: Client, plugin: Plugin) -> None:
-    for junk in (b"\x00\x01garbage\r\n\r\n", b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"):
+    for junk in (
+        b"\x00\x01garbage\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    ):
         with plugin.client() as bad:
             bad.send(junk)
             assert bad.read_response()[0] == 400
@@ -359,7 +427,9 @@ def test_eight_keep_alive_clients_provision_200_each(plugin: Plugin) -> None:
     def worker(n: int) -> None:
         try:
             with plugin.client() as c:
-                results[n] = [c.call("Instance.Provision", {"Spec": spec("conc", worker=str(n))})["ID"] for _ in range(200)]
+                results[n] = [
+                    c.call("Instance.Provision", {"Spec": spec("conc", worker=str(n))})["ID"] for _ in range(200)
+                ]
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -372,7 +442,9 @@ def test_eight_keep_alive_clients_provision_200_each(plugin: Plugin) -> None:
     made = [i for ids in results.values() for i in ids]
     assert len(made) == len(set(made)) == 1600
     with plugin.client() as c:
-        described = [d["ID"] for d in c.call("Instance.DescribeInstances", {"Tags": {"infrakit.group": "conc"}})["Descriptions"]]
+        described = [
+            d["ID"] for d in c.call("Instance.DescribeInstances", {"Tags": {"infrakit.group": "conc"}})["Descriptions"]
+        ]
         assert sorted(described) == sorted(made)
         for n, ids in results.items():
             # Each worker's instances appear in the order it provisioned them.
@@ -410,7 +482,10 @@ def test_socket_mode_and_default_paths(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(p.socket).st_mode) == 0o600
         with p.client() as c:
             c.call("Instance.Provision", {"Spec": spec()})
-        assert json.loads((home / "state" / "instance-py.json").read_text())["Instances"][0]["Tags"]["infrakit.group"] == "workers"
+        assert (
+            json.loads((home / "state" / "instance-py.json").read_text())["Instances"][0]["Tags"]["infrakit.group"]
+            == "workers"
+        )
     finally:
         assert p.stop() == 0
     assert not os.path.exists(p.socket)
@@ -418,7 +493,14 @@ def test_socket_mode_and_default_paths(tmp_path: Path) -> None:
 
 def test_options_from_the_environment(tmp_path: Path) -> None:
     plugins = tmp_path / "pl"
-    p = Plugin(tmp_path, env={"INFRAKIT_PLUGINS_DIR": str(plugins), "INFRAKIT_INSTANCE_NAME": "envname", "INFRAKIT_INSTANCE_STATE": str(tmp_path / "env-state.json")})
+    p = Plugin(
+        tmp_path,
+        env={
+            "INFRAKIT_PLUGINS_DIR": str(plugins),
+            "INFRAKIT_INSTANCE_NAME": "envname",
+            "INFRAKIT_INSTANCE_STATE": str(tmp_path / "env-state.json"),
+        },
+    )
     p.socket = str(plugins / "envname")
     p.cmdline = lambda: [__import__("plugin_proc").console_script()]  # type: ignore[method-assign]
     p.start()
@@ -519,9 +601,13 @@ def test_version_and_module_entry_point(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "infrakit_instance", "version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "infrakit_instance", "version"], capture_output=True, text=True, check=True
+    ).stdout
     assert "implementation: " in out and "uvloop: " in out and "orjson: " in out
-    helptext = subprocess.run([sys.executable, "-m", "infrakit_instance", "--help"], capture_output=True, text=True, check=True).stdout
+    helptext = subprocess.run(
+        [sys.executable, "-m", "infrakit_instance", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in ("--name", "--log", "--state", "--listen", "--fsync"):
         assert option in helptext
 
@@ -532,12 +618,18 @@ def test_big_describe_answers_arrive_whole(client: Client) -> None:
     s["Properties"] = {"blob": "x" * 2000}
     made = [client.call("Instance.Provision", {"Spec": s})["ID"] for _ in range(60)]
     for _ in range(2):  # the second answer comes from the cache
-        client.post_bytes(b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Tags":{"infrakit.group":"big"},"Properties":true},"id":"d"}')
+        client.post_bytes(
+            b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Tags":{"infrakit.group":"big"},"Properties":true},"id":"d"}'
+        )
         status, headers, body = client.read_response()
         assert status == 200 and int(headers["content-length"]) == len(body) > 64 * 1024
         answer = json.loads(body)
         assert answer["id"] == "d" and [d["ID"] for d in answer["result"]["Descriptions"]] == made
         assert answer["result"]["Descriptions"][0]["Properties"] == s
     # A batch holding a big answer is joined into one body.
-    client.post_bytes(json.dumps([{"jsonrpc": "2.0", "method": "Instance.DescribeInstances", "params": {"Properties": True}, "id": 1}]).encode())
+    client.post_bytes(
+        json.dumps(
+            [{"jsonrpc": "2.0", "method": "Instance.DescribeInstances", "params": {"Properties": True}, "id": 1}]
+        ).encode()
+    )
     assert len(json.loads(client.read_response()[2])[0]["result"]["Descriptions"]) == 60

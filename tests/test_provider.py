@@ -247,7 +247,7 @@ def test_a_module_that_fails_to_import_is_reported_without_traceback(tmp_path: P
 
 def test_parse_option() -> None:
     assert parse_option("timeout=5") == ("timeout", 5)
-    assert parse_option("env={\"A\": \"b\"}") == ("env", {"A": "b"})
+    assert parse_option('env={"A": "b"}') == ("env", {"A": "b"})
     assert parse_option("provision=./p.sh --zone=a") == ("provision", "./p.sh --zone=a")
     assert parse_option("flag=true") == ("flag", True)
     assert parse_option("empty=") == ("empty", "")

@@ -8,8 +8,9 @@ import json
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -122,7 +123,9 @@ def test_provision_appends_in_place(tmp_path: Path) -> None:
     run(main)
 
 
-def test_appends_need_one_fsync_per_batch_and_in_place_changes_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_appends_need_one_fsync_per_batch_and_in_place_changes_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = str(tmp_path / "s.json")
     syncs: list[str] = []
     real = os.fdatasync
@@ -170,7 +173,7 @@ def test_a_torn_append_is_cut_back_to_the_last_complete_element(tmp_path: Path) 
     tail = codec.TAIL
     # What power loss can leave of an append: the closing bytes overwritten,
     # the new element cut anywhere, possibly with zeros where pages never landed.
-    new = b',\n' + record(6, extra=300).element() + tail
+    new = b",\n" + record(6, extra=300).element() + tail
     for cut in (1, 2, 3, 50, len(new) - 6):
         for filler in (b"", b"\0" * 700):
             torn = good[: -len(tail)] + new[:cut] + filler + b" " * 500  # what is left of the padding
@@ -276,7 +279,12 @@ def test_nonfunctional_and_front_of_array(tmp_path: Path) -> None:
         await store.set_functional("id-2", True)
         assert [d["ID"] for d in on_disk(path)] == ["id-2", "id-0", "id-1", "id-3"]
         assert [d["ID"] for d in described(store)] == ["id-2", "id-0", "id-1", "id-3"]
-        assert [d["ID"] for d in json.loads(store.describe({"infrakit.group": "g"}, False))] == ["id-2", "id-0", "id-1", "id-3"]
+        assert [d["ID"] for d in json.loads(store.describe({"infrakit.group": "g"}, False))] == [
+            "id-2",
+            "id-0",
+            "id-1",
+            "id-3",
+        ]
         await provision(store, record(9))  # appends still work after a whole rewrite
         await store.destroy("id-2")
         await store.forget("id-0")
@@ -322,7 +330,9 @@ def test_journal_rolls_back_a_torn_batch(tmp_path: Path) -> None:
     j = Journal(jpath)
     # What a crash in the middle of write_batch leaves: the journal synced, half the data written.
     region = Region(len(old) - 4, new_tail)
-    record = journal_mod._undo_record(lambda n, off: old[off : off + n], len(old), len(old) - 4 + len(new_tail), [region])
+    record = journal_mod._undo_record(
+        lambda n, off: old[off : off + n], len(old), len(old) - 4 + len(new_tail), [region]
+    )
     Path(jpath).write_bytes(record.encode())
     os.pwrite(fd, new_tail[:3000], region.offset)
     os.close(fd)

@@ -24,7 +24,8 @@ on a blank line, after a removal.  :func:`parse_element` reads one such line.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import orjson
 
@@ -150,9 +151,7 @@ def describe_result(type_json: bytes, descriptions: bytes) -> bytes:
     return b'{"Type":' + type_json + b',"Descriptions":' + descriptions + b"}"
 
 
-def encode_document(
-    provider: bytes, nonfunctional: list[bytes], instances: list[bytes]
-) -> tuple[bytes, list[int]]:
+def encode_document(provider: bytes, nonfunctional: list[bytes], instances: list[bytes]) -> tuple[bytes, list[int]]:
     """The whole state file, and the offset of each element of ``instances`` in it."""
     head = b'{"Provider":' + provider + b',"NonFunctional":['
     if nonfunctional:

@@ -28,7 +28,9 @@ class Request:
     content_type: bytes | None
     keep_alive: bool
     body: bytes
-    def __init__(self, method: bytes, path: bytes, content_type: bytes | None, keep_alive: bool, body: bytes) -> None: ...
+    def __init__(
+        self, method: bytes, path: bytes, content_type: bytes | None, keep_alive: bool, body: bytes
+    ) -> None: ...
     __hash__: None  # type: ignore[assignment]
 
 @final

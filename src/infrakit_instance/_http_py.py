@@ -84,7 +84,11 @@ class Request:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Request) and (
-            self.method, self.path, self.content_type, self.keep_alive, self.body
+            self.method,
+            self.path,
+            self.content_type,
+            self.keep_alive,
+            self.body,
         ) == (other.method, other.path, other.content_type, other.keep_alive, other.body)
 
     __hash__ = None  # type: ignore[assignment]
@@ -202,7 +206,7 @@ class HttpParser:
                     del buf[:2]
                 elif buf[:1] == b"\n":
                     del buf[:1]
-                elif len(buf) < 2 and buf in (b"", b"\r"):
+                elif not buf or buf == b"\r":
                     return
                 else:
                     raise HttpError(400, "chunk data is not followed by CRLF")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = ["IMPLEMENTATION", "codec", "http", "rpc"]
 
@@ -31,4 +32,10 @@ def _select() -> tuple[str, ModuleType, ModuleType, ModuleType]:
     return "pure", _codec_py, _http_py, _rpc_py
 
 
-IMPLEMENTATION, codec, http, rpc = _select()
+if TYPE_CHECKING:
+    # Both twins have the same names and types: check callers against the pure ones.
+    from . import _codec_py as codec, _http_py as http, _rpc_py as rpc
+
+    IMPLEMENTATION: str
+else:
+    IMPLEMENTATION, codec, http, rpc = _select()

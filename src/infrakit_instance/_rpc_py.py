@@ -136,7 +136,9 @@ def split_call(doc: Any) -> Call:
         elif not params:
             params = {}
         else:
-            raise RpcError(INVALID_PARAMS, "invalid params: expected an object (or an array holding one object)", err_id)
+            raise RpcError(
+                INVALID_PARAMS, "invalid params: expected an object (or an array holding one object)", err_id
+            )
     elif not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, "invalid params: expected an object", err_id)
     return Call(method, params, id_json)

@@ -84,20 +84,124 @@ class _Main(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_Main, invoke_without_command=True, context_settings={"auto_envvar_prefix": "INFRAKIT_INSTANCE", "help_option_names": ["-h", "--help"]})
-@click.option("--name", default="instance-py", show_default=True, show_envvar=True, help="Plugin name: the socket's file name in the plugins directory.")
-@click.option("--log", "log_level", type=click.IntRange(0, 5), default=4, show_default=True, show_envvar=True, help="0 critical, 1 error, 2 warning, 3 notice, 4 info, 5 debug (every request and response).")
-@click.option("--state", "state", default=None, show_envvar=True, help="State file. [default: $INFRAKIT_HOME/state/NAME.json, INFRAKIT_HOME defaulting to ~/.infrakit]")
-@click.option("--listen", default=None, show_envvar=True, help="unix:///path/to/socket or tcp://host:port. [default: unix://PLUGINS_DIR/NAME]")
-@click.option("--fsync", type=click.Choice(["always", "never"]), default="always", show_default=True, show_envvar=True, help="always: answer a change only once it is on disk; never: leave flushing to the OS (faster, may lose the last changes on power loss).")
-@click.option("--max-body", type=click.IntRange(1), default=16 * 1024 * 1024, show_default=True, show_envvar=True, help="Largest request body accepted, in bytes (larger: HTTP 413).")
-@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True, show_envvar=True, help="Seconds before an idle keep-alive connection is closed.")
-@click.option("--socket-mode", default="0600", show_default=True, show_envvar=True, help="Permissions of the unix socket, in octal.")
-@click.option("--provider", "provider_spec", envvar="INFRAKIT_INSTANCE_PROVIDER", default="logical", show_default=True, show_envvar=True, help="What provisions real instances: a registered name (logical, exec, or one from the infrakit_instance.providers entry points) or module:attribute (or path/to/file.py:attribute).")
-@click.option("--provider-config", type=click.Path(dir_okay=False), default=None, show_envvar=True, help="JSON file (YAML for .yaml/.yml, with PyYAML) holding the provider's options object.")
-@click.option("--provider-opt", "provider_opts", envvar="INFRAKIT_INSTANCE_PROVIDER_OPT", type=_KeyValue(), multiple=True, show_envvar=True, help="A provider option as key=value (value parsed as JSON when it parses, else a string); repeatable, overrides --provider-config. In the environment variable: one per line.")
-@click.option("--sync-interval", type=click.FloatRange(min=0), default=None, show_envvar=True, help="Seconds between syncs with the provider (broken instances to NonFunctional, recovered ones back, gone ones removed); 0: only on SIGHUP/SIGUSR1. [default: 0 for the logical provider, 60 otherwise]")
-@click.option("--provider-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True, show_envvar=True, help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.")
+@click.group(
+    cls=_Main,
+    invoke_without_command=True,
+    context_settings={"auto_envvar_prefix": "INFRAKIT_INSTANCE", "help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "--name",
+    default="instance-py",
+    show_default=True,
+    show_envvar=True,
+    help="Plugin name: the socket's file name in the plugins directory.",
+)
+@click.option(
+    "--log",
+    "log_level",
+    type=click.IntRange(0, 5),
+    default=4,
+    show_default=True,
+    show_envvar=True,
+    help="0 critical, 1 error, 2 warning, 3 notice, 4 info, 5 debug (every request and response).",
+)
+@click.option(
+    "--state",
+    "state",
+    default=None,
+    show_envvar=True,
+    help="State file. [default: $INFRAKIT_HOME/state/NAME.json, INFRAKIT_HOME defaulting to ~/.infrakit]",
+)
+@click.option(
+    "--listen",
+    default=None,
+    show_envvar=True,
+    help="unix:///path/to/socket or tcp://host:port. [default: unix://PLUGINS_DIR/NAME]",
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(["always", "never"]),
+    default="always",
+    show_default=True,
+    show_envvar=True,
+    help=(
+        "always: answer a change only once it is on disk; never: leave flushing to the OS"
+        " (faster, may lose the last changes on power loss)."
+    ),
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(1),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Largest request body accepted, in bytes (larger: HTTP 413).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds before an idle keep-alive connection is closed.",
+)
+@click.option(
+    "--socket-mode",
+    default="0600",
+    show_default=True,
+    show_envvar=True,
+    help="Permissions of the unix socket, in octal.",
+)
+@click.option(
+    "--provider",
+    "provider_spec",
+    envvar="INFRAKIT_INSTANCE_PROVIDER",
+    default="logical",
+    show_default=True,
+    show_envvar=True,
+    help=(
+        "What provisions real instances: a registered name (logical, exec, or one from the"
+        " infrakit_instance.providers entry points) or module:attribute (or path/to/file.py:attribute)."
+    ),
+)
+@click.option(
+    "--provider-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="JSON file (YAML for .yaml/.yml, with PyYAML) holding the provider's options object.",
+)
+@click.option(
+    "--provider-opt",
+    "provider_opts",
+    envvar="INFRAKIT_INSTANCE_PROVIDER_OPT",
+    type=_KeyValue(),
+    multiple=True,
+    show_envvar=True,
+    help=(
+        "A provider option as key=value (value parsed as JSON when it parses, else a string);"
+        " repeatable, overrides --provider-config. In the environment variable: one per line."
+    ),
+)
+@click.option(
+    "--sync-interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    show_envvar=True,
+    help=(
+        "Seconds between syncs with the provider (broken instances to NonFunctional, recovered ones"
+        " back, gone ones removed); 0: only on SIGHUP/SIGUSR1. [default: 0 for the logical provider,"
+        " 60 otherwise]"
+    ),
+)
+@click.option(
+    "--provider-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -126,7 +230,9 @@ def main(
     try:
         mode = int(socket_mode, 8)
     except ValueError:
-        raise click.BadParameter(f"{socket_mode!r} is not an octal mode such as 0600", param_hint="--socket-mode") from None
+        raise click.BadParameter(
+            f"{socket_mode!r} is not an octal mode such as 0600", param_hint="--socket-mode"
+        ) from None
     pdir = plugins_dir()
     if listen is None:
         listen = "unix://" + os.path.join(pdir, name)
@@ -169,7 +275,7 @@ def version() -> None:
     try:
         import uvloop
 
-        uv = uvloop.__version__
+        uv = getattr(uvloop, "__version__", "unknown")
     except ImportError:
         uv = "not installed (asyncio event loop)"
     click.echo(f"infrakit-instance {__version__}")

@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import orjson
 
@@ -115,7 +115,9 @@ class Journal:
         self.in_doubt: Record | None = None
         self._clean = os.fstat(self.fd).st_size == 0
 
-    def write_batch(self, data_fd: int, old_size: int, new_size: int, regions: list[Region], append: bool = False) -> None:
+    def write_batch(
+        self, data_fd: int, old_size: int, new_size: int, regions: list[Region], append: bool = False
+    ) -> None:
         """Write ``regions`` into ``data_fd`` so that a crash at any point is recoverable.
 
         ``append`` says the batch only writes past the last element (see the module doc)."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
 from . import __version__
 from ._impl import codec, rpc
-from .rpc import Parts
 from .provider import LogicalProvider, Provider, ProviderError
+from .rpc import Parts
 from .state import Record
 from .store import Store, StoreError, UnknownInstance
 
@@ -29,7 +30,7 @@ PLUGIN_ERROR = rpc.PLUGIN_ERROR
 #: Every Instance API version served; later versions only added fields.
 INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 
-Result = bytes | Awaitable[bytes]
+Result = bytes | Parts | Awaitable[bytes]
 
 _OK = b'{"Type":%s,"OK":true}'
 _BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
@@ -193,7 +194,9 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance")
         if self.provider.logical:
             return self._commit_label(instance_id, labels, type_json)
-        return self._provider_call(self.provider.label(instance_id, labels), None, lambda: self._commit_label(instance_id, labels, type_json))
+        return self._provider_call(
+            self.provider.label(instance_id, labels), None, lambda: self._commit_label(instance_id, labels, type_json)
+        )
 
     def _commit_label(self, instance_id: str, labels: dict[str, str], type_json: bytes) -> asyncio.Future[bytes]:
         try:
@@ -270,9 +273,7 @@ class Plugin:
             {
                 "Name": self.name,
                 "Implements": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS],
-                "Interfaces": [
-                    {"Name": "Instance", "Version": v, "Methods": methods} for v in INSTANCE_VERSIONS
-                ],
+                "Interfaces": [{"Name": "Instance", "Version": v, "Methods": methods} for v in INSTANCE_VERSIONS],
                 "Vendor": {
                     "Name": "infrakit-instance",
                     "Version": __version__,
@@ -282,7 +283,7 @@ class Plugin:
         )
 
 
-_SPEC_EXAMPLE = {
+_SPEC_EXAMPLE: dict[str, Any] = {
     "Properties": {},
     "Tags": {"infrakit.group": "workers"},
     "Init": "",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._impl import rpc as envelope
 
@@ -14,8 +15,7 @@ __all__ = ["Dispatcher", "Parts"]
 log = logging.getLogger(__name__)
 
 RpcError = envelope.RpcError
-Method = Callable[[dict[str, Any]], "bytes | Awaitable[bytes]"]
-Answer = "bytes | None | asyncio.Future[bytes | None]"
+Method = Callable[[dict[str, Any]], "bytes | Parts | Awaitable[bytes]"]
 
 
 class Parts(tuple):  # type: ignore[type-arg]
@@ -42,7 +42,7 @@ class Dispatcher:
     def __init__(self, methods: dict[str, Method]) -> None:
         self.methods = methods
 
-    def handle(self, body: bytes) -> bytes | None | asyncio.Future[bytes | None]:
+    def handle(self, body: bytes) -> bytes | Parts | None | asyncio.Future[bytes | None]:
         try:
             doc = envelope.decode_body(body)
         except RpcError as exc:
@@ -51,7 +51,7 @@ class Dispatcher:
             return self._batch(doc)
         return self._one(doc)
 
-    def _one(self, doc: Any) -> bytes | None | asyncio.Future[bytes | None]:
+    def _one(self, doc: Any) -> bytes | Parts | None | asyncio.Future[bytes | None]:
         try:
             call = envelope.split_call(doc)
         except RpcError as exc:
@@ -61,9 +61,7 @@ class Dispatcher:
         if method is None:
             if id_json is None:
                 return None
-            return envelope.encode_error(
-                id_json, envelope.METHOD_NOT_FOUND, f"method not found: {call.method!r}"
-            )
+            return envelope.encode_error(id_json, envelope.METHOD_NOT_FOUND, f"method not found: {call.method!r}")
         try:
             result = method(call.params)
         except RpcError as exc:
@@ -80,7 +78,7 @@ class Dispatcher:
             return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}"))
         return _finish(result, id_json, call.method)
 
-    def _batch(self, docs: list[Any]) -> bytes | None | asyncio.Future[bytes | None]:
+    def _batch(self, docs: list[Any]) -> bytes | Parts | None | asyncio.Future[bytes | None]:
         if not docs:
             return envelope.encode_error(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch")
         answers = [self._one(d) for d in docs]
@@ -106,7 +104,11 @@ def _internal(id_json: bytes, method: str, exc: BaseException) -> bytes:
 
 
 def _finish(result: Awaitable[bytes], id_json: bytes | None, method: str) -> asyncio.Future[bytes | None]:
-    fut = asyncio.ensure_future(result) if inspect.isawaitable(result) and not isinstance(result, asyncio.Future) else result
+    fut = (
+        asyncio.ensure_future(result)
+        if inspect.isawaitable(result) and not isinstance(result, asyncio.Future)
+        else result
+    )
     out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
     def done(f: asyncio.Future[bytes]) -> None:
@@ -124,5 +126,5 @@ def _finish(result: Awaitable[bytes], id_json: bytes | None, method: str) -> asy
             answer = envelope.encode_result(id_json or b"null", f.result())
         out.set_result(None if id_json is None else answer)
 
-    fut.add_done_callback(done)  # type: ignore[union-attr]
+    fut.add_done_callback(done)
     return out

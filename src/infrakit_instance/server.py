@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -157,11 +158,11 @@ class Connection(asyncio.Protocol):
                 slot: list[Any] = [None, not keep_alive]
                 self._slots.append(slot)
                 self.server.inflight += 1
-                answer.add_done_callback(lambda f, slot=slot, ka=keep_alive: self._answered(f, slot, ka))
+                answer.add_done_callback(functools.partial(self._answered, slot=slot, keep_alive=keep_alive))
         if not keep_alive:
             self._closing = True
 
-    def _answered(self, fut: asyncio.Future[bytes | None], slot: list[Any], keep_alive: bool) -> None:
+    def _answered(self, fut: asyncio.Future[bytes | None], *, slot: list[Any], keep_alive: bool) -> None:
         self.server.inflight -= 1
         slot[0] = self._respond(fut.result(), keep_alive)
         self._flush()
@@ -323,7 +324,11 @@ class Server:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.shutdown_timeout)
             except asyncio.TimeoutError:
-                log.warning("%d requests still in flight after %.0f s; stopping anyway", self.inflight, self.config.shutdown_timeout)
+                log.warning(
+                    "%d requests still in flight after %.0f s; stopping anyway",
+                    self.inflight,
+                    self.config.shutdown_timeout,
+                )
         for conn in list(self.connections):
             conn.close_when_idle()
         try:

@@ -10,13 +10,15 @@ the brief description on the rare paths that need them as a dict.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
 from ._impl import codec
 
 __all__ = ["Record", "State", "StateError"]
+
 
 class StateError(ValueError):
     """A state document that cannot be used, with what is wrong and where."""

@@ -20,20 +20,22 @@ changes share one batch and so one pair of fsyncs (group commit).
 from __future__ import annotations
 
 import asyncio
-import io
 import bisect
 import fcntl
+import io
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
 from ._impl import codec
-from .journal import Journal, Record as UndoRecord, Region, recover, repair_torn_append, rolled_back
+from .journal import Journal, Region, recover, repair_torn_append, rolled_back
+from .journal import Record as UndoRecord
 from .state import Record, State, StateError
 
 __all__ = [
@@ -223,6 +225,7 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
             # Each live element but the first owns the comma before it.
             if after_comma == (not instances) or instance_id in instances or instance_id in known:
                 return None
+            assert brief is not None and tags is not None  # an element always has both
             rec = Record(instance_id, brief, spec)
             rec.off, rec.size = start, size
             state.load(rec, tags)
@@ -308,7 +311,10 @@ class FileStore(Store):
             log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
         else:
             if size and loaded.repaired is None:
-                log.warning("state file %s is in another layout (the C plugin's?): rewriting it in place-editable form", self.path)
+                log.warning(
+                    "state file %s is in another layout (the C plugin's?): rewriting it in place-editable form",
+                    self.path,
+                )
             self._replace_file(self._plan_rewrite())
 
     async def close(self) -> None:
@@ -472,7 +478,7 @@ class FileStore(Store):
     def _plan_rewrite(self) -> bytes:
         """The whole document as memory holds it now, with every element placed in it."""
         doc, offsets = self._state.document()
-        for rec, off in zip(self._state.instances.values(), offsets):
+        for rec, off in zip(self._state.instances.values(), offsets, strict=True):
             rec.off, rec.size = off, len(rec.element())
         self._writes = []
         self._in_place = False
@@ -502,7 +508,9 @@ class FileStore(Store):
                 self._relayout()
             try:
                 if self._unrecovered:
-                    await loop.run_in_executor(self._executor, recover, self.path, self.journal_path, self._undo, self.fsync)
+                    await loop.run_in_executor(
+                        self._executor, recover, self.path, self.journal_path, self._undo, self.fsync
+                    )
                     self._unrecovered, self._undo = False, None
                 if self._rewrite:
                     doc = self._plan_rewrite()
@@ -615,4 +623,4 @@ def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
         i = bisect.bisect_right(starts, off) - 1
         rel = off - starts[i]
         buffers[i][rel : rel + len(data)] = data
-    return [Region(s[0], bytes(b[: end - s[0]])) for s, b in zip(spans, buffers) if s[0] < end]
+    return [Region(s[0], bytes(b[: end - s[0]])) for s, b in zip(spans, buffers, strict=True) if s[0] < end]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
 
 import click
 import orjson
@@ -103,7 +102,13 @@ def compact(ctx: click.Context, path: str | None) -> None:
 
 @state_group.command("show")
 @click.argument("path", required=False)
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only instances with this tag (repeatable: all must match).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only instances with this tag (repeatable: all must match).",
+)
 @click.option("--properties", is_flag=True, help="Include each instance's provisioned Spec.")
 @click.option("--nonfunctional", is_flag=True, help="Show the NonFunctional array instead.")
 @click.pass_context

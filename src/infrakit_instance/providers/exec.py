@@ -89,9 +89,7 @@ class ExecProvider(Provider):
         opts = self.options
         unknown = sorted(set(opts) - set(_OPTIONS))
         if unknown:
-            raise ProviderError(
-                f"exec provider: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-            )
+            raise ProviderError(f"exec provider: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}")
         missing = [h for h in _REQUIRED if not opts.get(h)]
         if missing:
             raise ProviderError(
@@ -172,7 +170,7 @@ class ExecProvider(Provider):
             try:
                 health[key] = Health(value.lower() if isinstance(value, str) else value)
             except ValueError:
-                raise self._malformed("status", out, f'healthy, broken or gone for {key!r}, not {value!r}') from None
+                raise self._malformed("status", out, f"healthy, broken or gone for {key!r}, not {value!r}") from None
         return health
 
     # -- running commands ------------------------------------------------------------
