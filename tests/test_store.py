@@ -515,3 +515,31 @@ def test_check_reports_a_pending_rollback(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["state", "check", path])
     assert out.exit_code == 3 and "rolls it back" in out.output
     assert Path(path).read_bytes() == old[:-2]  # check changed nothing
+
+
+def test_labels_fit_in_the_room_after_each_element_even_after_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.json")
+
+    async def fill() -> None:
+        store = FileStore(path)
+        await store.open()
+        for i in range(3):
+            await provision(store, record(i))
+        await store.close()
+
+    async def label(labels: dict[str, str]) -> None:
+        store = FileStore(path)
+        await store.open()
+        await store.label("id-0", labels)
+        await store.close()
+
+    run(fill)
+    before = Path(path).read_bytes()
+    second = before.index(b'{"ID":"id-1"')
+    run(lambda: label({"rack": "r12"}))  # grows the element by 13 bytes: fits in the room left for labels
+    after = Path(path).read_bytes()
+    assert after[second:] == before[second:]  # nothing after it moved
+    assert on_disk(path)[0]["Tags"]["rack"] == "r12"
+    run(lambda: label({"big": "x" * 200}))  # does not fit: everything after it moves, order kept
+    assert [d["ID"] for d in on_disk(path)] == ["id-0", "id-1", "id-2"]
+    assert on_disk(path)[0]["Tags"] == {"infrakit.group": "g", "n": "0", "rack": "r12", "big": "x" * 200}

@@ -114,12 +114,14 @@ class State:
         self.instances[rec.id] = rec
         self._index_add(rec, tags, at_end=True)
 
-    def document(self) -> tuple[bytes, list[int]]:
-        """The full state file, and each active element's offset in it."""
+    def document(self, slack: int = 0) -> tuple[bytes, list[int]]:
+        """The full state file, and each active element's offset in it; each
+        active element followed by ``slack`` spaces (room for labels)."""
+        pad = b" " * slack
         return codec.encode_document(
             self.provider,
             [r.element() for r in self.nonfunctional.values()],
-            [r.element() for r in self.instances.values()],
+            [r.element() + pad for r in self.instances.values()] if slack else [r.element() for r in self.instances.values()],
         )
 
     # -- reading ---------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "UnknownInstance",
+    "compacted_size",
     "load_state_bytes",
     "load_state_file",
     "parse_state",
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 _TAIL = codec.TAIL
 _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
 _PAD_MIN = 64 * 1024
-_SLACK = 32  # spaces left inside the slot of an element that outgrew its old one
+_SLACK = 32  # spaces after each element, so that most labels rewrite it where it stands
 
 
 class StoreError(Exception):
@@ -220,19 +221,26 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
         parsed = codec.parse_element(line)
         if parsed is None:
             return None
-        comma, size, instance_id, tags, brief, spec = parsed
+        comma, _, instance_id, tags, brief, spec = parsed
         if instance_id is not None:
             # Each live element but the first owns the comma before it.
             if after_comma == (not instances) or instance_id in instances or instance_id in known:
                 return None
             assert brief is not None and tags is not None  # an element always has both
             rec = Record(instance_id, brief, spec)
-            rec.off, rec.size = start, size
+            # The element's slot runs to the end of its line (its room for labels),
+            # short of the comma there, which belongs to the next element.
+            rec.off, rec.size = start, len(line) - line.endswith(b"\n") - comma
             state.load(rec, tags)
         after_comma = comma
     if end < 0 or after_comma:
         return None
     return state, end
+
+
+def compacted_size(state: State) -> int:
+    """How big the file would be, rewritten whole now (without removals' whitespace)."""
+    return len(state.document(_SLACK)[0])
 
 
 def _padding(end: int) -> int:
@@ -339,7 +347,7 @@ class FileStore(Store):
             raise StoreError(f"instance ID {record.id} already exists")
         had_live = len(state) > 0
         state.append(record, tags)
-        elem = record.element()
+        elem = record.element() + b" " * _SLACK  # room for labels: most then fit in place
         start = self._end - len(_TAIL)
         sep = b",\n" if had_live else b"\n"
         record.off = start + len(sep)
@@ -456,8 +464,8 @@ class FileStore(Store):
                 parts.append(b",\n")
                 pos += 2
             elem = r.element()
-            if r.id in grown:
-                elem += b" " * _SLACK
+            # Grown elements get fresh room; the others keep the room they had.
+            elem += b" " * (_SLACK if r.id in grown else max(0, r.size - len(elem)))
             r.off, r.size = pos, len(elem)
             parts.append(elem)
             pos += len(elem)
@@ -477,9 +485,9 @@ class FileStore(Store):
 
     def _plan_rewrite(self) -> bytes:
         """The whole document as memory holds it now, with every element placed in it."""
-        doc, offsets = self._state.document()
+        doc, offsets = self._state.document(_SLACK)
         for rec, off in zip(self._state.instances.values(), offsets, strict=True):
-            rec.off, rec.size = off, len(rec.element())
+            rec.off, rec.size = off, len(rec.element()) + _SLACK
         self._writes = []
         self._in_place = False
         self._relayout_at = -1

@@ -11,7 +11,7 @@ import orjson
 
 from .journal import rolled_back
 from .state import StateError
-from .store import FileStore, StoreLocked, load_state_bytes
+from .store import FileStore, StoreLocked, compacted_size, load_state_bytes
 
 __all__ = ["state_group"]
 
@@ -62,7 +62,7 @@ def check(ctx: click.Context, path: str | None) -> None:
     click.echo(f"  non-functional: {len(state.nonfunctional)}")
     click.echo(f"  layout: {'in-place editable' if in_place else 'other (the plugin rewrites it at start)'}")
     if in_place:
-        holes = max(0, end - len(state.document()[0]))
+        holes = max(0, end - compacted_size(state))
         click.echo(f"  whitespace left by removals: {holes} bytes ({holes * 100 // len(image)}%)")
     if pending:
         click.echo("  an interrupted write is pending in the journal: the next start rolls it back")
