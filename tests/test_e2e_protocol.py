@@ -349,8 +349,7 @@ def test_chunked_body_and_expect_continue(client: Client) -> None:
     payload = json.dumps({"jsonrpc": "2.0", "method": "Instance.Validate", "params": big, "id": 12}).encode()
     client.send(
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
-        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-        % len(payload)
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload)
     )
     assert client.read_response()[0] == 100
     client.send(payload)

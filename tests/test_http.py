@@ -437,3 +437,18 @@ def test_build_head_matches_build_response(impl: Any) -> None:
         for ctype, extra in ((b"application/json", b""), (b"text/plain", b"Allow: POST\r\n")):
             whole = impl.http.build_response(200, body, keep_alive, ctype, extra)
             assert impl.http.build_head(200, len(body), keep_alive, ctype, extra) + body == whole
+
+
+def test_bare_lf_header_lines_ending_in_a_crlf_blank_line(impl: Any) -> None:
+    body = b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{},"id":1}'
+    n = len(body)
+    for data in (
+        b"POST / HTTP/1.1\nHost: h\nContent-Length: %d\n\r\n%s" % (n, body),  # LF lines, CRLF blank line
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\n%s" % (n, body),  # CRLF lines, LF blank line
+        b"POST / HTTP/1.1\nHost: h\nContent-Length: %d\n\n%s" % (n, body),
+    ):
+        (req,) = impl.http.HttpParser().feed(data)
+        assert isinstance(req, impl.http.Request) and req.body == body, (data, req)
+        parser = impl.http.HttpParser()  # the same bytes one at a time
+        got = [item for i in range(len(data)) for item in parser.feed(data[i : i + 1])]
+        assert len(got) == 1 and got[0].body == body

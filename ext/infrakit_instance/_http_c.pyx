@@ -349,6 +349,10 @@ cdef class HttpParser:
                 sep[0] = 4
                 found = i - 1
                 break
+            if i + 2 < n and p[i + 1] == 13 and p[i + 2] == 10:
+                sep[0] = 3  # a bare-LF header line, then a CRLF blank line
+                found = i
+                break
             i += 1
         # Resume a little before the end next time: a separator may straddle two reads.
         self._scan = n - 3 if n > 3 else 0

@@ -229,15 +229,16 @@ class HttpParser:
     def _find_header_end(self) -> tuple[int, int]:
         buf = self._buf
         scan = self._scan
-        crlf = buf.find(b"\r\n\r\n", scan)
-        lf = buf.find(b"\n\n", scan)
+        # The blank line that ends the headers, after CRLF or bare-LF lines (both
+        # are accepted): the earliest of the three separators wins.
+        found = [
+            (i, n)
+            for i, n in ((buf.find(b"\r\n\r\n", scan), 4), (buf.find(b"\n\n", scan), 2), (buf.find(b"\n\r\n", scan), 3))
+            if i >= 0
+        ]
         # Resume a little before the end next time: a separator may straddle two reads.
         self._scan = max(0, len(buf) - 3)
-        if crlf >= 0 and (lf < 0 or crlf < lf):
-            return crlf, 4
-        if lf >= 0:
-            return lf, 2
-        return -1, 0
+        return min(found) if found else (-1, 0)
 
     def _start_request(self, head: bytes, out: list[Request | HttpError | _Continue]) -> bool:
         lines = head.split(b"\n")

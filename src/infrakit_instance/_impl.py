@@ -34,7 +34,9 @@ def _select() -> tuple[str, ModuleType, ModuleType, ModuleType]:
 
 if TYPE_CHECKING:
     # Both twins have the same names and types: check callers against the pure ones.
-    from . import _codec_py as codec, _http_py as http, _rpc_py as rpc
+    from . import _codec_py as codec
+    from . import _http_py as http
+    from . import _rpc_py as rpc
 
     IMPLEMENTATION: str
 else:

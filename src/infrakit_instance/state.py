@@ -121,7 +121,9 @@ class State:
         return codec.encode_document(
             self.provider,
             [r.element() for r in self.nonfunctional.values()],
-            [r.element() + pad for r in self.instances.values()] if slack else [r.element() for r in self.instances.values()],
+            [r.element() + pad for r in self.instances.values()]
+            if slack
+            else [r.element() for r in self.instances.values()],
         )
 
     # -- reading ---------------------------------------------------------------
