@@ -110,7 +110,15 @@ class Journal:
     def __init__(self, path: str, sync: bool = True) -> None:
         self.path = path
         self.sync = sync
+        created = not os.path.exists(path)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if created and sync:
+            # A journal whose directory entry is lost with power would take its record along.
+            dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         #: How to undo the last batch, while it is not known to be complete on disk.
         self.in_doubt: Record | None = None
         self._clean = os.fstat(self.fd).st_size == 0
