@@ -449,18 +449,23 @@ class FileStore(Store):
 
     def _relayout(self) -> None:
         """Rewrite every element from the first one that grew out of its slot to
-        the end; the grown ones get some slack so that the next label fits."""
+        the end; the grown ones get fresh room so that the next label fits."""
         start, self._relayout_at = self._relayout_at, -1
         grown, self._grown = self._grown, set()
         if self._end - start > self._end // 2 and self._end > _COMPACT_MIN:
             self._rewrite = True  # cheaper written whole
             return
+        # The element at `start` may be gone (destroyed in this batch, its comma
+        # blanked): the first one written gets a comma if any element precedes it.
+        first = next(iter(self._state.instances.values()), None)  # the live elements are in file order
+        before = first is not None and first.off < start
+        origin = start - 2 if before else start
         parts = []
-        pos = start
+        pos = origin
         for r in self._state.instances.values():
             if r.off < start:
                 continue
-            if pos > start:
+            if pos > origin or before:
                 parts.append(b",\n")
                 pos += 2
             elem = r.element()
@@ -476,7 +481,7 @@ class FileStore(Store):
         elif end > self._size:
             self._size = end + _padding(end)
             parts.append(b" " * (self._size - end))
-        self._queue(start, b"".join(parts))
+        self._queue(origin, b"".join(parts))
         self._end = end
 
     def _maybe_compact(self) -> None:
