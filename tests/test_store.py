@@ -69,7 +69,7 @@ def test_random_changes_match_a_model_on_disk_and_after_reopening(tmp_path: Path
         await store.open()
         model: dict[str, dict[str, Any]] = {}
         n = 0
-        for step in range(600):
+        for _ in range(600):
             futs = []
             for _ in range(rng.randint(1, 6)):  # several changes share a batch
                 op = rng.random()
