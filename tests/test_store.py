@@ -19,7 +19,7 @@ from infrakit_instance import journal as journal_mod
 from infrakit_instance._impl import codec
 from infrakit_instance.journal import Journal, Region, recover, repair_torn_append
 from infrakit_instance.plugin import Plugin
-from infrakit_instance.rpc import Dispatcher
+from infrakit_instance.rpc import Dispatcher, Pending
 from infrakit_instance.state import Record, StateError
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load_state_file
 
@@ -421,7 +421,10 @@ def test_write_faults_give_errors_and_keep_the_file_valid(
     async def call(method: str, params: dict[str, Any]) -> Any:
         body = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
         answer = dispatcher.handle(body)
-        if not isinstance(answer, bytes):
+        if isinstance(answer, Pending):  # answered once the change is durable, or has failed
+            await asyncio.wait([answer.done])
+            answer = answer.settle()
+        elif not isinstance(answer, bytes):
             answer = await answer
         return orjson.loads(answer)
 

@@ -7,7 +7,6 @@ state to be durable or for the provider.  Errors are :class:`RpcError`.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +16,7 @@ import orjson
 from . import __version__
 from ._impl import codec, rpc
 from .provider import LogicalProvider, Provider, ProviderError
-from .rpc import Parts
+from .rpc import Parts, Pending
 from .state import Record
 from .store import Store, StoreError, UnknownInstance
 
@@ -30,7 +29,7 @@ PLUGIN_ERROR = rpc.PLUGIN_ERROR
 #: Every Instance API version served; later versions only added fields.
 INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 
-Result = bytes | Parts | Awaitable[bytes]
+Result = bytes | Parts | Pending | Awaitable[bytes]
 
 _OK = b'{"Type":%s,"OK":true}'
 _BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
@@ -59,23 +58,6 @@ def _instance_id(params: dict[str, Any]) -> str:
     if not isinstance(instance_id, str) or not instance_id:
         raise _params_error('"Instance" must be a non-empty instance ID string')
     return instance_id
-
-
-def _then(fut: asyncio.Future[None], answer: bytes) -> asyncio.Future[bytes]:
-    """A future of ``answer`` once ``fut`` is done (store errors become -32000)."""
-    out: asyncio.Future[bytes] = fut.get_loop().create_future()
-
-    def done(f: asyncio.Future[None]) -> None:
-        if out.done():
-            return
-        exc = f.exception()
-        if exc is None:
-            out.set_result(answer)
-        else:
-            out.set_exception(RpcError(PLUGIN_ERROR, str(exc)) if isinstance(exc, StoreError) else exc)
-
-    fut.add_done_callback(done)
-    return out
 
 
 class Plugin:
@@ -162,7 +144,7 @@ class Plugin:
                 tags = {**tags, **made.tags}
         if instance_id is not None and self.store.state.known(instance_id):
             raise RpcError(PLUGIN_ERROR, f"provider returned instance ID {instance_id} that already exists")
-        return await self._record(spec, tags, logical_id, instance_id, type_json)
+        return await self._record(spec, tags, logical_id, instance_id, type_json).wait()
 
     def _record(
         self,
@@ -171,7 +153,7 @@ class Plugin:
         logical_id: str | None,
         instance_id: str | None,
         type_json: bytes,
-    ) -> asyncio.Future[bytes]:
+    ) -> Pending:
         state = self.store.state
         if instance_id is None:
             # Random like InfraKit's own plugins, checked against every ID in the state.
@@ -184,7 +166,7 @@ class Plugin:
             fut = self.store.provision(rec, tags)
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _then(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")
+        return Pending(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")
 
     def label(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
@@ -198,14 +180,14 @@ class Plugin:
             self.provider.label(instance_id, labels), None, lambda: self._commit_label(instance_id, labels, type_json)
         )
 
-    def _commit_label(self, instance_id: str, labels: dict[str, str], type_json: bytes) -> asyncio.Future[bytes]:
+    def _commit_label(self, instance_id: str, labels: dict[str, str], type_json: bytes) -> Pending:
         try:
             fut = self.store.label(instance_id, labels)
         except UnknownInstance:
             raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _then(fut, _OK % type_json)
+        return Pending(fut, _OK % type_json)
 
     def destroy(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
@@ -224,14 +206,14 @@ class Plugin:
             lambda: self._commit_destroy(instance_id, type_json),
         )
 
-    def _commit_destroy(self, instance_id: str, type_json: bytes) -> asyncio.Future[bytes]:
+    def _commit_destroy(self, instance_id: str, type_json: bytes) -> Pending:
         try:
             fut = self.store.destroy(instance_id)
         except UnknownInstance:
             raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _then(fut, _OK % type_json)
+        return Pending(fut, _OK % type_json)
 
     def describe(self, params: dict[str, Any]) -> bytes | Parts:
         type_json = self._type(params)
@@ -250,14 +232,14 @@ class Plugin:
         self,
         call: Awaitable[None],
         answer: bytes | None,
-        then: Callable[[], Awaitable[bytes]] | None = None,
+        then: Callable[[], Pending] | None = None,
     ) -> bytes:
         try:
             await call
         except ProviderError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         if then is not None:
-            return await then()
+            return await then().wait()
         assert answer is not None
         return answer
 

@@ -6,16 +6,16 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Union
 
 from ._impl import rpc as envelope
 
-__all__ = ["Dispatcher", "Parts"]
+__all__ = ["Dispatcher", "Parts", "Pending"]
 
 log = logging.getLogger(__name__)
 
 RpcError = envelope.RpcError
-Method = Callable[[dict[str, Any]], "bytes | Parts | Awaitable[bytes]"]
+Method = Callable[[dict[str, Any]], "bytes | Parts | Pending | Awaitable[bytes]"]
 
 
 class Parts(tuple):  # type: ignore[type-arg]
@@ -31,6 +31,48 @@ class Parts(tuple):  # type: ignore[type-arg]
         return b"".join(tuple.__iter__(self))
 
 
+class Pending:
+    """An answer that waits for a change to be durable.
+
+    ``done`` is the store's future, shared by every change of a batch (so one
+    completion answers them all): wait on it, never cancel it.  ``answer`` is
+    sent once it succeeds; ``id_json`` is set once the dispatcher has put the
+    answer in its envelope, and says which id an error answer carries."""
+
+    __slots__ = ("answer", "done", "id_json")
+
+    def __init__(self, done: asyncio.Future[None], answer: bytes, id_json: bytes | None = None) -> None:
+        self.done = done
+        self.answer = answer
+        self.id_json = id_json
+
+    def settle(self) -> bytes:
+        """The response, once ``done`` is: the answer, or the error the change failed with."""
+        id_json = self.id_json or b"null"
+        if self.done.cancelled():
+            message = "the change was cancelled before it was written"
+            return envelope.encode_error(id_json, envelope.INTERNAL_ERROR, message)
+        exc = self.done.exception()
+        if exc is None:
+            return self.answer
+        if isinstance(exc, RpcError):
+            return envelope.encode_error(id_json, exc.code, exc.message)
+        return envelope.encode_error(id_json, envelope.PLUGIN_ERROR, str(exc))
+
+    async def wait(self) -> bytes:
+        """For coroutines: the answer once durable, or the failure as an :class:`RpcError`."""
+        try:
+            await asyncio.shield(self.done)
+        except RpcError:
+            raise
+        except Exception as exc:
+            raise RpcError(envelope.PLUGIN_ERROR, str(exc)) from None
+        return self.answer
+
+
+Answer = Union[bytes, Parts, Pending, None, "asyncio.Future[bytes | None]"]
+
+
 class Dispatcher:
     """Turns a body into the response body.
 
@@ -42,7 +84,7 @@ class Dispatcher:
     def __init__(self, methods: dict[str, Method]) -> None:
         self.methods = methods
 
-    def handle(self, body: bytes) -> bytes | Parts | None | asyncio.Future[bytes | None]:
+    def handle(self, body: bytes) -> Answer:
         try:
             doc = envelope.decode_body(body)
         except RpcError as exc:
@@ -51,7 +93,7 @@ class Dispatcher:
             return self._batch(doc)
         return self._one(doc)
 
-    def _one(self, doc: Any) -> bytes | Parts | None | asyncio.Future[bytes | None]:
+    def _one(self, doc: Any) -> Answer:
         try:
             call = envelope.split_call(doc)
         except RpcError as exc:
@@ -71,6 +113,10 @@ class Dispatcher:
             return None if id_json is None else _internal(id_json, call.method, exc)
         if isinstance(result, bytes):
             return None if id_json is None else envelope.encode_result(id_json, result)
+        if isinstance(result, Pending):
+            if id_json is None:
+                return None  # a notification: nobody waits for the write
+            return Pending(result.done, envelope.encode_result(id_json, result.answer), id_json)
         if isinstance(result, Parts):
             if id_json is None:
                 return None
@@ -78,21 +124,28 @@ class Dispatcher:
             return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}"))
         return _finish(result, id_json, call.method)
 
-    def _batch(self, docs: list[Any]) -> bytes | Parts | None | asyncio.Future[bytes | None]:
+    def _batch(self, docs: list[Any]) -> Answer:
         if not docs:
             return envelope.encode_error(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch")
         answers = [self._one(d) for d in docs]
         if all(isinstance(a, (bytes, Parts)) or a is None for a in answers):
-            return _join(answers)  # type: ignore[arg-type]
+            return _join(answers)
         return asyncio.ensure_future(_gather_batch(answers))
 
 
 async def _gather_batch(answers: list[Any]) -> bytes | None:
-    done = [await a if isinstance(a, asyncio.Future) else a for a in answers]
+    done = []
+    for a in answers:
+        if isinstance(a, Pending):
+            await asyncio.wait([a.done])
+            a = a.settle()
+        elif isinstance(a, asyncio.Future):
+            a = await a
+        done.append(a)
     return _join(done)
 
 
-def _join(answers: list[bytes | None]) -> bytes | None:
+def _join(answers: list[Any]) -> bytes | None:
     parts = [a.join() if isinstance(a, Parts) else a for a in answers if a is not None]
     if not parts:
         return None

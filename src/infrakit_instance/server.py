@@ -26,7 +26,7 @@ from typing import Any
 from ._impl import http
 from .plugin import Plugin
 from .provider import BoundedProvider, LogicalProvider, Provider, ProviderError
-from .rpc import Dispatcher, Parts
+from .rpc import Dispatcher, Parts, Pending
 from .store import FileStore, Store
 from .sync import Syncer
 
@@ -155,16 +155,28 @@ class Connection(asyncio.Protocol):
             if answer is None or isinstance(answer, (bytes, Parts)):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
+                # Answered when the change is durable (Pending) or the work is done (a future).
                 slot: list[Any] = [None, not keep_alive]
                 self._slots.append(slot)
                 self.server.inflight += 1
-                answer.add_done_callback(functools.partial(self._answered, slot=slot, keep_alive=keep_alive))
+                if isinstance(answer, Pending):
+                    callback = functools.partial(self._settled, pending=answer, slot=slot, keep_alive=keep_alive)
+                    answer.done.add_done_callback(callback)
+                else:
+                    answer.add_done_callback(functools.partial(self._answered, slot=slot, keep_alive=keep_alive))
         if not keep_alive:
             self._closing = True
 
     def _answered(self, fut: asyncio.Future[bytes | None], *, slot: list[Any], keep_alive: bool) -> None:
         self.server.inflight -= 1
         slot[0] = self._respond(fut.result(), keep_alive)
+        self._flush()
+        self._update_reading()
+        self.server.idle_changed()
+
+    def _settled(self, _: asyncio.Future[None], *, pending: Pending, slot: list[Any], keep_alive: bool) -> None:
+        self.server.inflight -= 1
+        slot[0] = self._respond(pending.settle(), keep_alive)
         self._flush()
         self._update_reading()
         self.server.idle_changed()

@@ -82,7 +82,9 @@ class UnknownInstance(KeyError):
 class Store(ABC):
     """What the plugin needs of a backend.  Reads are synchronous and served
     from memory; each change returns a future that is done when it is durable
-    (or fails with :class:`StoreError`, in which case it was not made)."""
+    (or fails with :class:`StoreError`, in which case it was not made).  That
+    future may be shared by every change of a batch: await it (shielded, if
+    the awaiting task may be cancelled), never cancel it."""
 
     @property
     @abstractmethod
@@ -272,6 +274,7 @@ class FileStore(Store):
         self._grown: set[str] = set()  # ... because these outgrew their slots
         self._rewrite = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._batch: asyncio.Future[None] | None = None  # the future of the changes not yet cut
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -441,10 +444,13 @@ class FileStore(Store):
             self._in_place = True
 
     def _waiter(self) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        assert self._wake is not None
-        self._wake.set()
+        # One future per batch, shared by all its changes: one completion answers them all.
+        fut = self._batch
+        if fut is None:
+            fut = self._batch = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            assert self._wake is not None
+            self._wake.set()
         return fut
 
     def _relayout(self) -> None:
@@ -517,6 +523,7 @@ class FileStore(Store):
                     return
                 continue
             waiters, self._waiters = self._waiters, []
+            self._batch = None
             if self._relayout_at >= 0:
                 self._relayout()
             try:
@@ -580,6 +587,7 @@ class FileStore(Store):
         """A batch failed: fail it and every change made since, and put memory
         back to what the disk durably holds (rolling the file back if it can)."""
         pending, self._waiters = self._waiters, []
+        self._batch = None
         self._writes = []
         self._in_place = False
         self._relayout_at = -1

@@ -152,7 +152,7 @@ class Syncer:
             log.debug("sync: the provider reported unknown instances %s", ", ".join(unknown))
         for instance_id, fut in waits:
             try:
-                await fut
+                await asyncio.shield(fut)  # shared with concurrent changes: never cancel it
             except StoreError as exc:
                 log.error("sync: could not record the change to %s: %s", instance_id, exc)
         if not result.changed:
