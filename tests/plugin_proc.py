@@ -223,3 +223,35 @@ def with_body(request: bytes, body: bytes) -> bytes:
         for ln in head.split(b"\r\n")
     ]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def rpc(path: str, method: str, params: Any) -> Any:
+    """One JSON-RPC call on a fresh connection: the decoded answer."""
+    with Client(path) as c:
+        return c.call_raw(method, params)
+
+
+def start_plugin(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The console script on ``tmp/plugin.sock`` and ``tmp/state.json`` (log ``tmp/plugin.log``),
+    once it answers a handshake."""
+    sock = str(tmp / "plugin.sock")
+    log = open(tmp / "plugin.log", "ab")  # noqa: SIM115 - the process writes it
+    cmd = [console_script(), "--listen", f"unix://{sock}", "--state", str(tmp / "state.json"), "--log", "5", *args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"plugin exited with {proc.returncode}:\n{(tmp / 'plugin.log').read_text()}")
+        try:
+            return "result" in rpc(sock, "Plugin.Implements", {})
+        except OSError:
+            return False
+
+    wait_for(up, 30, "the plugin to answer")
+    return proc, sock
+
+
+def stop_plugin(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

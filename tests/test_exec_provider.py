@@ -5,16 +5,11 @@ console script."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +20,7 @@ from infrakit_instance.provider import BoundedProvider, Health, Instance, Provid
 from infrakit_instance.providers.exec import Command, ExecProvider
 from infrakit_instance.rpc import Dispatcher
 from infrakit_instance.store import FileStore
+from plugin_proc import rpc, start_plugin, stop_plugin, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "exec_devices.sh"
@@ -40,17 +36,6 @@ def script(tmp: Path, name: str, body: str) -> str:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- options -------------------------------------------------------------------------------
@@ -253,56 +238,6 @@ def test_failures_reach_the_jsonrpc_client_with_stderr(tmp_path: Path) -> None:
 
 
 # -- end to end: the console script with the shipped example ------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("h", timeout=30)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
-def rpc(path: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    conn = UnixHTTPConnection(path)
-    try:
-        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
-        conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
-        return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
-    finally:
-        conn.close()
-
-
-def start_plugin(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(tmp / "plugin.sock")
-    log = open(tmp / "plugin.log", "wb")  # noqa: SIM115 - the process writes it
-    proc = subprocess.Popen(
-        [CONSOLE, "--listen", f"unix://{sock}", "--state", str(tmp / "state.json"), "--log", "5", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"plugin exited with {proc.returncode}:\n{(tmp / 'plugin.log').read_text()}")
-        try:
-            return "result" in rpc(sock, "Plugin.Implements", {})
-        except OSError:
-            return False
-
-    wait_for(up, 30, "the plugin to answer")
-    return proc, sock
-
-
-def stop_plugin(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
 
 
 def describe_ids(sock: str) -> list[str]:

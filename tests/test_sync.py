@@ -6,15 +6,12 @@ provider behind the real console script."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from infrakit_instance.provider import BoundedProvider, Health, Instance, Provid
 from infrakit_instance.rpc import RpcError
 from infrakit_instance.store import FileStore
 from infrakit_instance.sync import Syncer
+from plugin_proc import rpc, start_plugin, stop_plugin, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "flaky_devices.py"
@@ -222,66 +220,6 @@ async def _until(cond: Callable[[], bool]) -> None:
 
 
 # -- end to end: the console script, the example provider, HTTP over the unix socket ----------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("h", timeout=30)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
-def rpc(path: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    conn = UnixHTTPConnection(path)
-    try:
-        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
-        conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
-        return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
-    finally:
-        conn.close()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def start_plugin(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(tmp / "plugin.sock")
-    log = open(tmp / "plugin.log", "ab")  # noqa: SIM115 - the process writes it
-    proc = subprocess.Popen(
-        [CONSOLE, "--listen", f"unix://{sock}", "--state", str(tmp / "state.json"), "--log", "5", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"plugin exited with {proc.returncode}:\n{(tmp / 'plugin.log').read_text()}")
-        try:
-            return "result" in rpc(sock, "Plugin.Implements", {})
-        except OSError:
-            return False
-
-    wait_for(up, 30, "the plugin to answer")
-    return proc, sock
-
-
-def stop_plugin(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
 
 
 def test_end_to_end_with_the_example_provider(tmp_path: Path) -> None:

@@ -338,16 +338,7 @@ def build_response(
     extra_headers: bytes = b"",
 ) -> bytes:
     """Serialize a complete response; the body is never re-encoded."""
-    reason = _REASONS.get(status, b"Unknown")
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-        status,
-        reason,
-        content_type,
-        len(body),
-    )
-    if not keep_alive:
-        head += b"Connection: close\r\n"
-    return head + extra_headers + b"\r\n" + body
+    return build_head(status, len(body), keep_alive, content_type, extra_headers) + body
 
 
 def build_head(
