@@ -8,6 +8,9 @@ takes the pure twin's expressions, so odd types behave (and fail) the same.
 
 import orjson
 
+# Inputs of unexpected types take the pure twin itself, so they behave (and fail) the same.
+from infrakit_instance._codec_py import encode_document as _encode_document_generic
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
@@ -362,26 +365,6 @@ def encode_document(provider, nonfunctional, instances):
         w = put(w, PyBytes_AS_STRING(e), PyBytes_GET_SIZE(e))
     put(w, b"\n]}\n", 4)
     return out, offsets
-
-
-cdef tuple _encode_document_generic(provider, nonfunctional, instances):
-    head = b'{"Provider":' + provider + b',"NonFunctional":['
-    if nonfunctional:
-        head += b"\n" + b",\n".join(nonfunctional) + b"\n"
-    head += b'],"Instances":['
-    parts = [head]
-    offsets = []
-    pos = len(head)
-    sep = b"\n"
-    for e in instances:
-        parts.append(sep)
-        pos += len(sep)
-        offsets.append(pos)
-        parts.append(e)
-        pos += len(e)
-        sep = b",\n"
-    parts.append(_TAIL)
-    return b"".join(parts), offsets
 
 
 # -- JSON validation ------------------------------------------------------------------

@@ -33,22 +33,8 @@ cdef enum:
     _DEAD = 6
     _MAX_CHUNK_LINE = 1024
 
-_REASONS = {
-    100: b"Continue",
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    415: b"Unsupported Media Type",
-    417: b"Expectation Failed",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-    505: b"HTTP Version Not Supported",
-}
+# The reason phrases, and build_head (not on the hot path: big answers only), are the pure twin's own.
+from infrakit_instance._http_py import _REASONS, build_head
 cdef dict _reasons = _REASONS
 
 # Character classes, indexed by byte.
@@ -617,13 +603,3 @@ def build_response(
     w = put(w, b"\r\n", 2)
     put(w, PyBytes_AS_STRING(body), nb)
     return out
-
-
-def build_head(status, length, keep_alive=True, content_type=b"application/json", extra_headers=b""):
-    """The status line and headers of a response whose ``length``-byte body is
-    sent separately (a big answer is written without being copied into one buffer)."""
-    reason = _reasons.get(status, b"Unknown")
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason, content_type, length)
-    if not keep_alive:
-        head += b"Connection: close\r\n"
-    return head + extra_headers + b"\r\n"
