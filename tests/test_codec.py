@@ -387,7 +387,7 @@ def test_parse_element_any_writer(impl: Any, brief: bytes, instance_id: str, tag
         b'{"ID":"a","LogicalID":null,"Tags":null}',
         b'{"ID":"a","LogicalID":null,"Tags":{"k":1}}',
         b'{"ID":"a","LogicalID":null,"Tags":{"k":null}}',
-        b'{"ID":"a","LogicalID":null,"Tags":{"k":"v","Properties":"x"}}',  # split at the tag: not JSON
+        b'{"ID":"a","LogicalID":null,"Tags":{"k":"v","Properties":"x"},"Properties":1e400}',  # no split works
         b'{"ID":"a","LogicalID":null,"Tags":{"k":"\xff"}}',
         b'{"ID":"a","LogicalID":null,"Tags":{"k":"\\ud800"}}',
         b'{"ID":"a","LogicalID":null,"Tags":{}}}',
@@ -420,3 +420,17 @@ def test_parse_a_written_layout(impl: Any) -> None:
     assert [doc[o : o + g[1]] for o, g in zip(offsets, got, strict=True)] == elems
     assert [impl.codec.element(g[4], g[5]) for g in got] == elems
     assert [g[3] for g in got] == [{"g": f"g{n % 4}"} for n in range(20)]
+
+
+def test_parse_element_with_a_tag_named_properties(impl: Any) -> None:
+    # Without a Spec: the only ,"Properties": is the tag's, and the whole line is the brief.
+    bare = b'{"ID":"a","LogicalID":null,"Tags":{"k":"v","Properties":"x"}}'
+    assert impl.codec.parse_element(bare) == (False, len(bare), "a", {"k": "v", "Properties": "x"}, bare, None)
+    # The bytes ,"Properties": then occur inside the brief too; the split is at the element's own key.
+    tags = {"a": "b", "Properties": "x", "q": 'said "hi",\n"Properties":1'}
+    spec = {"Properties": {"a": 1, "Properties": [',"Properties":']}}
+    brief = impl.codec.encode_brief("i-1", None, tags)
+    line = impl.codec.element(brief, impl.codec.encode_spec(spec)) + b" " * 5 + b",\n"
+    comma, size, instance_id, got_tags, got_brief, got_spec = impl.codec.parse_element(line)
+    assert (comma, instance_id, got_tags, got_brief) == (True, "i-1", tags, brief)
+    assert json.loads(got_spec) == spec

@@ -659,9 +659,8 @@ cdef enum:
     _NPROPS = 14  # len(b',"Properties":')
 
 
-cdef Py_ssize_t _find_props(const unsigned char* s, Py_ssize_t n) noexcept:
-    """Where ``,"Properties":`` first occurs in ``s[:n]``, or -1."""
-    cdef Py_ssize_t i = 0
+cdef Py_ssize_t _find_props(const unsigned char* s, Py_ssize_t n, Py_ssize_t i) noexcept:
+    """Where ``,"Properties":`` first occurs in ``s[i:n]``, or -1."""
     cdef const unsigned char* c
     while i + _NPROPS <= n:
         c = <const unsigned char*>memchr(s + i, 44, <size_t>(n - _NPROPS + 1 - i))
@@ -811,9 +810,7 @@ def parse_element(line):
     cdef const unsigned char* s
     cdef Py_ssize_t e, k
     cdef bint comma
-    cdef tuple fast
-    cdef bytes content, brief
-    cdef object spec, desc, instance_id, logical_id, tags
+    cdef object found
     if type(line) is not bytes:
         raise TypeError(f"parse_element() needs bytes, not {type(line).__name__}")
     s = <const unsigned char*>PyBytes_AS_STRING(line)
@@ -831,7 +828,20 @@ def parse_element(line):
         return _BLANK_COMMA if comma else _BLANK
     if s[0] == 32:
         return None  # an element that does not start its line: not written by us
-    k = _find_props(s, e)
+    # Split at the element's own "Properties" key: the first place where what
+    # comes before is a whole brief description (see the pure twin).
+    k = _find_props(s, e, 0)
+    while True:
+        found = _element_at(line, s, e, k, comma)
+        if found is not None or k < 0:
+            return found
+        k = _find_props(s, e, k + 1)
+
+
+cdef object _element_at(bytes line, const unsigned char* s, Py_ssize_t e, Py_ssize_t k, bint comma):
+    cdef tuple fast
+    cdef bytes content, brief
+    cdef object spec, desc, instance_id, logical_id, tags
     if k >= 0 and (s[e - 1] != 125 or not _valid(s + k + _NPROPS, s + e - 1)):
         return None
     fast = _fast_element(line, s, e, k, comma)

@@ -87,7 +87,21 @@ def parse_element(line: bytes) -> _Element | None:
         return _BLANK_COMMA if comma else _BLANK
     if content[:1] == b" ":
         return None  # an element that does not start its line: not written by us
+    # Split at the element's own "Properties" key: the first place where what
+    # comes before is a whole brief description (a tag named "Properties" puts
+    # the same bytes inside the brief, where the cut leaves it unclosed).
     k = content.find(_PROPS)
+    while True:
+        parts = _element_at(content, k)
+        if parts is not None:
+            return (comma, len(content), *parts)
+        if k < 0:
+            return None
+        k = content.find(_PROPS, k + 1)
+
+
+def _element_at(content: bytes, k: int) -> tuple[str, dict[str, str], bytes, bytes | None] | None:
+    """The element ``content`` split at ``k`` (-1: no Properties), checked; None if that is no element."""
     if k < 0:
         brief, spec = content, None
     else:
@@ -112,7 +126,7 @@ def parse_element(line: bytes) -> _Element | None:
     for value in tags.values():
         if type(value) is not str:
             return None
-    return comma, len(content), instance_id, tags, brief, spec
+    return instance_id, tags, brief, spec
 
 
 def encode_spec(spec: Any) -> bytes:
