@@ -341,3 +341,34 @@ def test_console_script_fails_cleanly_when_the_provider_cannot_start(tmp_path: P
     assert proc.returncode == 2
     assert "no provider named 'nosuch'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_destroy_overtaken_by_a_sync_still_removes_the_instance(tmp_path: Path) -> None:
+    class Slow(Provider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.started = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def destroy(self, instance_id: str, description: dict[str, Any], context: dict[str, Any]) -> None:
+            self.started.set()
+            await self.release.wait()
+
+    async def scenario() -> None:
+        store = FileStore(str(tmp_path / "state.json"), fsync=False)
+        await store.open()
+        slow = Slow()
+        plugin = Plugin(store, BoundedProvider(slow, 5))
+        iid = (await _call(plugin, "Instance.Provision", {"Spec": {"Tags": {"g": "w"}}}))["result"]["ID"]
+        destroying = asyncio.ensure_future(_call(plugin, "Instance.Destroy", {"Instance": iid}))
+        await asyncio.wait_for(slow.started.wait(), 5)
+        await store.set_functional(iid, False)  # a sync finds it broken while the device is being destroyed
+        slow.release.set()
+        answer = await asyncio.wait_for(destroying, 5)
+        assert answer["result"]["OK"] is True
+        assert not store.state.known(iid)
+        await store.close()
+        doc = json.loads((tmp_path / "state.json").read_text())
+        assert doc["Instances"] == [] and doc["NonFunctional"] == []
+
+    asyncio.run(scenario())

@@ -203,12 +203,16 @@ class Plugin:
         return self._provider_call(
             self.provider.destroy(instance_id, rec.description(), context or {}),
             None,
-            lambda: self._commit_destroy(instance_id, type_json),
+            lambda: self._commit_destroy(instance_id, type_json, provider_done=True),
         )
 
-    def _commit_destroy(self, instance_id: str, type_json: bytes) -> Pending:
+    def _commit_destroy(self, instance_id: str, type_json: bytes, provider_done: bool = False) -> Pending:
         try:
-            fut = self.store.destroy(instance_id)
+            if provider_done:
+                # The provider destroyed it: it is gone even if a sync moved it to NonFunctional meanwhile.
+                fut = self.store.forget(instance_id)
+            else:
+                fut = self.store.destroy(instance_id)
         except UnknownInstance:
             raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
         except StoreError as exc:
