@@ -6,6 +6,7 @@ quotes, which is exactly what orjson writes for it: the twins write such
 strings themselves and hand anything else to orjson, so outputs stay identical.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
 
@@ -42,6 +43,20 @@ cdef inline char* put_plain(char* out, object s, Py_ssize_t n) noexcept:
 cdef inline char* put(char* out, const char* src, Py_ssize_t n) noexcept:
     memcpy(out, src, <size_t>n)
     return out + n
+
+
+cdef inline bytes wrap2(const char* a, Py_ssize_t na, bytes x, const char* b, Py_ssize_t nb, bytes y):
+    """``a + x + b + y + b"}"``, written once into a bytes object of its exact size."""
+    cdef Py_ssize_t nx = PyBytes_GET_SIZE(x)
+    cdef Py_ssize_t ny = PyBytes_GET_SIZE(y)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, na + nx + nb + ny + 1)
+    cdef char* w = PyBytes_AS_STRING(out)
+    w = put(w, a, na)
+    w = put(w, PyBytes_AS_STRING(x), nx)
+    w = put(w, b, nb)
+    w = put(w, PyBytes_AS_STRING(y), ny)
+    w[0] = 125
+    return out
 
 
 cdef inline Py_ssize_t int_len(long long v) noexcept:

@@ -20,7 +20,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 
-from infrakit_instance._build cimport PyUnicode_GET_LENGTH, plain_len, put, put_plain
+from infrakit_instance._build cimport PyUnicode_GET_LENGTH, plain_len, put, put_plain, wrap2
 
 __all__ = [
     "TAIL",
@@ -291,22 +291,9 @@ cdef bytes _join_with_properties(records):
 
 def describe_result(type_json, descriptions):
     """The ``result`` object of Instance.DescribeInstances."""
-    cdef Py_ssize_t nt, nd
-    cdef bytes out
-    cdef char* w
     if type(type_json) is not bytes or type(descriptions) is not bytes:
         return b'{"Type":' + type_json + b',"Descriptions":' + descriptions + b"}"
-    nt = PyBytes_GET_SIZE(type_json)
-    nd = PyBytes_GET_SIZE(descriptions)
-    # {"Type":  t  ,"Descriptions":  d  }
-    out = PyBytes_FromStringAndSize(NULL, 8 + nt + 16 + nd + 1)
-    w = PyBytes_AS_STRING(out)
-    w = put(w, b'{"Type":', 8)
-    w = put(w, PyBytes_AS_STRING(type_json), nt)
-    w = put(w, b',"Descriptions":', 16)
-    w = put(w, PyBytes_AS_STRING(descriptions), nd)
-    w[0] = 125
-    return out
+    return wrap2(b'{"Type":', 8, type_json, b',"Descriptions":', 16, descriptions)
 
 
 cdef bint _all_bytes(object items) noexcept:

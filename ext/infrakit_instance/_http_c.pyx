@@ -44,6 +44,23 @@ cdef signed char _HEXVAL[256]
 cdef unsigned char _SPACE[256]  # what bytes.strip() removes
 
 
+cdef inline Py_ssize_t _item(const unsigned char* v, Py_ssize_t vn, Py_ssize_t cs, Py_ssize_t* start, Py_ssize_t* end) noexcept:
+    """The item of a comma-separated header value that begins at ``cs``,
+    stripped like ``bytes.strip()``: its span in ``start``/``end``; returns
+    where it ends (its comma, or ``vn``)."""
+    cdef Py_ssize_t ce = cs, i
+    while ce < vn and v[ce] != 44:
+        ce += 1
+    i = ce
+    while cs < i and _SPACE[v[cs]]:
+        cs += 1
+    while i > cs and _SPACE[v[i - 1]]:
+        i -= 1
+    start[0] = cs
+    end[0] = i
+    return ce
+
+
 cdef void _init_tables() noexcept:
     cdef int c
     cdef bytes token = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -345,7 +362,7 @@ cdef class HttpParser:
         return found
 
     cdef int _start_request(self, const unsigned char* h, Py_ssize_t hn, Py_ssize_t after, list out) except -1:
-        cdef Py_ssize_t le, sp1, sp2, vn, ls, lnl, colon, vs, ve, length = -1, value, i, cs, ce
+        cdef Py_ssize_t le, sp1, sp2, vn, ls, lnl, colon, vs, ve, length = -1, value, i, cs, ce, ts
         cdef const unsigned char* line
         cdef const unsigned char* v
         cdef bint keep_alive, http11, chunked = False, expect = False, last_chunked, all_known, close, ka
@@ -414,16 +431,9 @@ cdef class HttpParser:
                 all_known = True
                 cs = 0
                 while True:
-                    ce = cs
-                    while ce < vn and v[ce] != 44:
-                        ce += 1
-                    i = ce
-                    while cs < i and _SPACE[v[cs]]:
-                        cs += 1
-                    while i > cs and _SPACE[v[i - 1]]:
-                        i -= 1
-                    last_chunked = _ieq(v + cs, i - cs, b"chunked", 7)
-                    if not last_chunked and not _ieq(v + cs, i - cs, b"identity", 8):
+                    ce = _item(v, vn, cs, &ts, &i)
+                    last_chunked = _ieq(v + ts, i - ts, b"chunked", 7)
+                    if not last_chunked and not _ieq(v + ts, i - ts, b"identity", 8):
                         all_known = False
                     if ce >= vn:
                         break
@@ -441,17 +451,10 @@ cdef class HttpParser:
                 ka = False
                 cs = 0
                 while True:
-                    ce = cs
-                    while ce < vn and v[ce] != 44:
-                        ce += 1
-                    i = ce
-                    while cs < i and _SPACE[v[cs]]:
-                        cs += 1
-                    while i > cs and _SPACE[v[i - 1]]:
-                        i -= 1
-                    if _ieq(v + cs, i - cs, b"close", 5):
+                    ce = _item(v, vn, cs, &ts, &i)
+                    if _ieq(v + ts, i - ts, b"close", 5):
                         close = True
-                    elif _ieq(v + cs, i - cs, b"keep-alive", 10):
+                    elif _ieq(v + ts, i - ts, b"keep-alive", 10):
                         ka = True
                     if ce >= vn:
                         break

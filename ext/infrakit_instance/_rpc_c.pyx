@@ -13,7 +13,7 @@ import orjson
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
-from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain
+from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -218,22 +218,9 @@ cdef Call _split_any(object doc):
 
 def encode_result(id_json, result):
     """A success answer around already-encoded ``result`` bytes."""
-    cdef Py_ssize_t ni, nr
-    cdef bytes out
-    cdef char* w
     if type(id_json) is not bytes or type(result) is not bytes:
         return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + id_json + b"}"
-    ni = PyBytes_GET_SIZE(id_json)
-    nr = PyBytes_GET_SIZE(result)
-    # {"jsonrpc":"2.0","result":  r  ,"id":  i  }
-    out = PyBytes_FromStringAndSize(NULL, 26 + nr + 6 + ni + 1)
-    w = PyBytes_AS_STRING(out)
-    w = put(w, b'{"jsonrpc":"2.0","result":', 26)
-    w = put(w, PyBytes_AS_STRING(result), nr)
-    w = put(w, b',"id":', 6)
-    w = put(w, PyBytes_AS_STRING(id_json), ni)
-    w[0] = 125
-    return out
+    return wrap2(b'{"jsonrpc":"2.0","result":', 26, result, b',"id":', 6, id_json)
 
 
 def encode_error(id_json, code, message):
