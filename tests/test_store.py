@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 import pytest
 
-from infrakit_instance import journal as journal_mod
 from infrakit_instance._impl import codec
-from infrakit_instance.journal import Journal, Region, recover, repair_torn_append
 from infrakit_instance.plugin import Plugin
 from infrakit_instance.rpc import Dispatcher, Pending
 from infrakit_instance.state import Record, StateError
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load_state_file
+from infrakit_instance.store import journal as journal_mod
+from infrakit_instance.store.journal import Journal, Region, recover, repair_torn_append
 
 FIXTURE = Path(__file__).parent / "fixtures" / "c-plugin-state.json"
 

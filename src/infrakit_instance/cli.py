@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import IMPLEMENTATION, __version__
+from .paths import DEFAULT_NAME, plugins_dir, state_path
 from .state import StateError
 from .store import StoreError
 from .tools import state_group
@@ -17,7 +18,7 @@ from .tools import state_group
 if TYPE_CHECKING:
     from .provider import Provider
 
-__all__ = ["main", "plugins_dir", "state_path"]
+__all__ = ["main"]
 
 #: --log 0..5 as in the C plugin: 0 critical ... 4 info (default), 5 debug.
 LOG_LEVELS = {
@@ -28,19 +29,6 @@ LOG_LEVELS = {
     4: logging.INFO,
     5: logging.DEBUG,
 }
-
-
-def infrakit_home() -> str:
-    return os.environ.get("INFRAKIT_HOME") or os.path.join(os.path.expanduser("~"), ".infrakit")
-
-
-def plugins_dir() -> str:
-    """Where InfraKit looks for plugin sockets."""
-    return os.environ.get("INFRAKIT_PLUGINS_DIR") or os.path.join(infrakit_home(), "plugins")
-
-
-def state_path(name: str) -> str:
-    return os.path.join(infrakit_home(), "state", f"{name}.json")
 
 
 class _KeyValue(click.types.StringParamType):
@@ -91,7 +79,7 @@ class _Main(click.Group):
 )
 @click.option(
     "--name",
-    default="instance-py",
+    default=DEFAULT_NAME,
     show_default=True,
     show_envvar=True,
     help="Plugin name: the socket's file name in the plugins directory.",

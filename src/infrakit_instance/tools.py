@@ -9,9 +9,10 @@ import sys
 import click
 import orjson
 
-from .journal import rolled_back
+from .paths import DEFAULT_NAME, state_path
 from .state import StateError
 from .store import FileStore, StoreLocked, compacted_size, load_state_bytes
+from .store.journal import rolled_back
 
 __all__ = ["state_group"]
 
@@ -19,10 +20,8 @@ __all__ = ["state_group"]
 def _path(ctx: click.Context, path: str | None) -> str:
     if path:
         return path
-    from .cli import state_path
-
     root = ctx.find_root()
-    return root.params.get("state") or state_path(root.params.get("name") or "instance-py")
+    return root.params.get("state") or state_path(root.params.get("name") or DEFAULT_NAME)
 
 
 @click.group("state")

@@ -1,9 +1,6 @@
-"""Where the state lives: the :class:`Store` seam and the single-file store.
+"""The single-file store.
 
-The RPC layer only ever talks to a :class:`Store`: it reads from the
-in-memory :class:`~infrakit_instance.state.State` and gets, for every change,
-a future that completes once the change is durable.  :class:`FileStore`
-keeps the C plugin's one-document format and changes it in place:
+:class:`FileStore` keeps the C plugin's one-document format and changes it in place:
 
 * a provision overwrites the closing bytes with ``,<element>`` and closes the
   document again;
@@ -25,7 +22,6 @@ import fcntl
 import io
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,18 +29,15 @@ from typing import Any
 
 import orjson
 
-from ._impl import codec
+from .._impl import codec
+from ..state import Record, State, StateError
+from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .journal import Journal, Region, recover, repair_torn_append, rolled_back
 from .journal import Record as UndoRecord
-from .state import Record, State, StateError
 
 __all__ = [
     "FileStore",
     "Loaded",
-    "Store",
-    "StoreError",
-    "StoreLocked",
-    "UnknownInstance",
     "compacted_size",
     "load_state_bytes",
     "load_state_file",
@@ -58,67 +51,6 @@ _TAIL = codec.TAIL
 _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
 _PAD_MIN = 64 * 1024
 _SLACK = 32  # spaces after each element, so that most labels rewrite it where it stands
-
-
-class StoreError(Exception):
-    """The store could not persist a change (the change was not made)."""
-
-
-class StoreLocked(StoreError):
-    """Another process has the state file open."""
-
-
-class UnknownInstance(KeyError):
-    """No active instance has this ID."""
-
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(instance_id)
-        self.instance_id = instance_id
-
-    def __str__(self) -> str:
-        return f"unknown instance: {self.instance_id}"
-
-
-class Store(ABC):
-    """What the plugin needs of a backend.  Reads are synchronous and served
-    from memory; each change returns a future that is done when it is durable
-    (or fails with :class:`StoreError`, in which case it was not made).  That
-    future may be shared by every change of a batch: await it (shielded, if
-    the awaiting task may be cancelled), never cancel it."""
-
-    @property
-    @abstractmethod
-    def state(self) -> State: ...
-
-    @abstractmethod
-    async def open(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Write what is pending and release the backend."""
-
-    @abstractmethod
-    def provision(self, record: Record, tags: dict[str, str]) -> asyncio.Future[None]:
-        """Append a new instance (with these tags, which its brief description holds too)."""
-
-    @abstractmethod
-    def destroy(self, instance_id: str) -> asyncio.Future[None]:
-        """Raises :class:`UnknownInstance` at once for an unknown ID."""
-
-    @abstractmethod
-    def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
-        """Raises :class:`UnknownInstance` at once for an unknown ID."""
-
-    @abstractmethod
-    def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
-        """Move an instance to ``NonFunctional``, or back to the front of ``Instances``."""
-
-    @abstractmethod
-    def forget(self, instance_id: str) -> asyncio.Future[None]:
-        """Remove an instance, active or not, that the provider says is gone."""
-
-    def describe(self, tags: dict[str, str] | None, properties: bool) -> bytes:
-        return self.state.describe(tags, properties)
 
 
 def parse_state(data: bytes, path: str) -> State:
