@@ -62,7 +62,7 @@ METHODS: dict[str, str] = {
 }
 _NEEDS_OWN_ID = frozenset({"destroy", "label"})
 
-# Go's client headers, in Go's order (see /work/shared/wire). Content-Length is filled per body.
+# Go's client headers, in Go's order (see tests/wire). Content-Length is filled per body.
 _HEAD = (
     b"POST / HTTP/1.1\r\nHost: h\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: %d\r\n"
     b"Content-Type: application/json\r\nAccept-Encoding: gzip\r\n\r\n"

@@ -6,13 +6,12 @@ implementations of one step next to each other.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-WIRE = Path(os.environ.get("INFRAKIT_WIRE_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "wire"))
+WIRE = Path(__file__).resolve().parents[1] / "tests" / "wire"
 
 # The Go client's Instance.Provision request (wire/new-Instance.Provision.txt),
 # used when the captures are not next to the checkout.

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-WIRE = Path(__file__).resolve().parents[1].parent / "shared" / "wire"
-if not WIRE.is_dir():  # CI lays shared/ beside the checkout; so does a developer's tree
-    WIRE = Path(os.environ.get("INFRAKIT_WIRE_DIR", WIRE))
+#: Captured client traffic, kept with the tests (see wire/README.md).
+WIRE = Path(__file__).resolve().parent / "wire"
 
 _ids = itertools.count(1)
 
