@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+
+from plugin_proc import reap
 
 # -- implementations: the compiled hot path and its pure-Python twin ----------------
 #
@@ -29,3 +32,14 @@ def load_impl(name: str) -> SimpleNamespace:
 def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
     """A namespace with the ``http``, ``rpc`` and ``codec`` modules of one implementation."""
     return load_impl(request.param)
+
+
+# -- processes: no test leaves a plugin running ---------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def reap_plugins() -> Iterator[None]:
+    """Kill, after every test and whatever its outcome, each plugin process it started
+    (through ``plugin_proc.spawn``) that is still running."""
+    yield
+    reap()

@@ -19,6 +19,29 @@ WIRE = Path(__file__).resolve().parent / "wire"
 
 _ids = itertools.count(1)
 
+#: Every plugin process a test started and has not seen exit: the ``reap_plugins``
+#: fixture (conftest.py) kills what is left of them after each test, whatever its outcome.
+LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a process that :func:`reap` will kill if the test leaves it running."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    LIVE.add(proc)
+    return proc
+
+
+def reap() -> list[str]:
+    """Kill (SIGKILL, by PID) every process :func:`spawn` started that still runs; their command lines."""
+    leaked = []
+    for proc in list(LIVE):
+        if proc.poll() is None:
+            leaked.append(" ".join(map(str, proc.args)))  # type: ignore[arg-type]
+            proc.kill()
+        proc.wait()
+        LIVE.discard(proc)
+    return leaked
+
 
 def console_script() -> str:
     exe = shutil.which("infrakit-instance", path=os.path.dirname(sys.executable)) or shutil.which("infrakit-instance")
@@ -60,7 +83,7 @@ class Plugin:
 
     def start(self, wait: bool = True) -> Plugin:
         self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.cmdline(), env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = spawn(self.cmdline(), env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
         if wait:
             wait_for(lambda: self._ready(), 20, f"plugin socket {self.socket} (log: {self.output()})")
         return self
@@ -236,7 +259,7 @@ def start_plugin(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
     sock = str(tmp / "plugin.sock")
     log = open(tmp / "plugin.log", "ab")  # noqa: SIM115 - the process writes it
     cmd = [console_script(), "--listen", f"unix://{sock}", "--state", str(tmp / "state.json"), "--log", "5", *args]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def up() -> bool:
         if proc.poll() is not None:
