@@ -11,11 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infrakit_instance import _codec_c, _codec_py, _http_c, _http_py, _rpc_c, _rpc_py
+import impls
+from infrakit_instance import _codec_py, _http_py, _rpc_py
 from test_http import CHUNKED, POST, WIRE_REQUESTS
+
+pytestmark = pytest.mark.compiled
+_http_c, _rpc_c, _codec_c = impls.compiled_modules()
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
