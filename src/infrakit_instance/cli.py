@@ -63,6 +63,33 @@ def _setup_logging(level: int) -> None:
     )
 
 
+def _version_text() -> str:
+    import orjson
+
+    try:
+        import uvloop
+
+        uv = getattr(uvloop, "__version__", "unknown")
+    except ImportError:
+        uv = "not installed (asyncio event loop)"
+    return "\n".join(
+        [
+            f"infrakit-instance {__version__}",
+            f"implementation: {IMPLEMENTATION}",
+            f"python: {sys.version.split()[0]}",
+            f"uvloop: {uv}",
+            f"orjson: {orjson.__version__}",
+            "instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1",
+        ]
+    )
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_version_text())
+        ctx.exit()
+
+
 class _Main(click.Group):
     """Runs the plugin when no subcommand is given (``infrakit-instance --name x``)."""
 
@@ -190,6 +217,14 @@ class _Main(click.Group):
     show_envvar=True,
     help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.",
 )
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print version information (as the version command) and exit.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -258,20 +293,7 @@ def main(
 @main.command()
 def version() -> None:
     """Print version information: this package, the implementation, uvloop and orjson."""
-    import orjson
-
-    try:
-        import uvloop
-
-        uv = getattr(uvloop, "__version__", "unknown")
-    except ImportError:
-        uv = "not installed (asyncio event loop)"
-    click.echo(f"infrakit-instance {__version__}")
-    click.echo(f"implementation: {IMPLEMENTATION}")
-    click.echo(f"python: {sys.version.split()[0]}")
-    click.echo(f"uvloop: {uv}")
-    click.echo(f"orjson: {orjson.__version__}")
-    click.echo("instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1")
+    click.echo(_version_text())
 
 
 main.add_command(state_group)
