@@ -16,9 +16,10 @@ Options (docs/providers.md has the full contract and an example):
 ``cwd``
     The directory commands run in (default: the plugin's).
 
-Every command gets a JSON document on stdin and ``INFRAKIT_*`` environment
-variables; it fails by exiting non-zero, and its stderr (trimmed) becomes
-the error the InfraKit user sees.
+Every command gets a JSON document on stdin (reading it is optional) and
+``INFRAKIT_*`` environment variables (``INFRAKIT_INSTANCE_ID`` for provision is
+the ID the plugin proposes); it fails by exiting non-zero, and its stderr
+(trimmed) becomes the error the InfraKit user sees.
 """
 
 from __future__ import annotations
