@@ -146,6 +146,22 @@ def test_max_connections_pauses_accepting(tmp_path: Path, build: dict[str, str])
     assert below >= 1 and full - below in (0, 1) and full <= 3
 
 
+def test_a_client_that_reads_no_answers_is_closed(tmp_path: Path, build: dict[str, str]) -> None:
+    p = start(tmp_path, build, "--request-timeout", "1")
+    c = p.client()
+    for i in range(100):
+        c.call("Instance.Provision", {"Spec": {"Tags": {"g": "w"}, "Properties": {"pad": "x" * 2000, "i": i}}})
+    s = socket.socket(socket.AF_UNIX)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(p.socket)
+    body = b'{"jsonrpc":"2.0","method":"Instance.DescribeInstances","params":{"Properties":true},"id":1}'
+    s.sendall(raw_post(body) * 40)  # about 8 MB of answers, never read
+    wait_for(lambda: "read no answer for 1 s" in p.output(), 15, "the stalled reader to be closed")
+    got = read_all(s, 10)
+    assert len(got) < 40 * 200_000  # cut short, not all answered
+    assert "error" not in p.client().call_raw("Plugin.Implements")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -127,6 +127,7 @@ class Connection(asyncio.Protocol):
         "_backlog",
         "_body_bytes",
         "_busy",
+        "_busy_since",
         "_closing",
         "_dead",
         "_held",
@@ -153,6 +154,7 @@ class Connection(asyncio.Protocol):
         self._dead = False  # refused (408/503): nothing more is read
         self._paused = False
         self._busy = False
+        self._busy_since = 0.0  # when the client stopped reading our answers
         self._last = time.monotonic()
         self._req_start = -1.0  # when the request being received sent its first byte
         self._body_bytes = 0  # bytes received while a body arrives
@@ -187,6 +189,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._busy = True
+        self._busy_since = time.monotonic()
         self._update_reading()
 
     def resume_writing(self) -> None:
@@ -423,6 +426,14 @@ class Connection(asyncio.Protocol):
             return
         config = self.server.config
         parser = self.parser
+        if self._busy and now - self._busy_since > config.request_timeout:
+            # The client stopped reading its answers: it cannot hold the connection forever.
+            token = conn_id.set(self.cid)
+            log.info("closing a connection whose client read no answer for %g s", config.request_timeout)
+            conn_id.reset(token)
+            self._dead = True
+            self.transport.abort()
+            return
         if not parser.idle and not self._backlog:
             token = conn_id.set(self.cid)
             try:
