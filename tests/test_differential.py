@@ -7,6 +7,7 @@ outcomes, results or exceptions, are compared by value and by ``repr``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -542,3 +543,11 @@ def test_deep_bodies(depth: int, ident: bytes, spec: bool) -> None:
     if total > _rpc_py.MAX_DEPTH:
         assert got[0] == "raised" and got[5]["code"] == _rpc_py.INVALID_PARAMS
         assert got[5]["id_json"] == (ident if ident in (b"1", b"1.5", b'"x"') else b"null")
+
+
+@SETTINGS
+@given(st.one_of(_SCAN_BYTES, st.binary(max_size=40), _JSON.map(lambda d: json.dumps(d, indent=1).encode())))
+def test_compact(text: bytes) -> None:
+    got = same(_rpc_c.compact, _rpc_py.compact, text)
+    if b'"' not in text:
+        assert got[2] == text.translate(None, b" \t\r\n")

@@ -12,6 +12,9 @@ import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.string cimport memcpy
+
+from infrakit_instance._rpc_py import compact as _compact_py
 
 from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
 
@@ -28,6 +31,7 @@ __all__ = [
     "decode_body",
     "encode_error",
     "encode_id",
+    "compact",
     "encode_result",
     "scan",
     "split_call",
@@ -252,6 +256,58 @@ def scan(body):
             target[0][target[1]] = ts
             target[0][target[1] + 1] = te
     return deepest, items
+
+
+def compact(text):
+    """JSON ``text`` without the whitespace between its tokens (numbers and strings
+    kept as written); ``text`` itself when it has none."""
+    if type(text) is not bytes:
+        return _compact_py(text)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(text)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text), i = 0, w = 0, e
+    cdef bint found = False
+    # First pass: is there whitespace outside strings at all?
+    while i < n:
+        if p[i] == 34:
+            i = _string_end(p, n, i)
+        elif _ws(p[i]):
+            found = True
+            break
+        else:
+            i += 1
+    if not found:
+        return text
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* q = PyBytes_AS_STRING(out)
+    i = 0
+    while i < n:
+        if p[i] == 34:
+            e = _string_end(p, n, i)
+            memcpy(q + w, p + i, <size_t>(e - i))
+            w += e - i
+            i = e
+        elif _ws(p[i]):
+            i += 1
+        else:
+            q[w] = <char>p[i]
+            w += 1
+            i += 1
+    return out[:w]
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos) noexcept:
+    """Where the string token that starts at ``pos`` ends (as scan() reads it)."""
+    cdef Py_ssize_t te = pos + 1
+    while te < n:
+        if p[te] == 34:
+            return te + 1
+        if p[te] == 92:
+            if te + 1 < n:
+                te += 2
+                continue
+            return te
+        te += 1
+    return te
 
 
 cdef object _raw_id(bytes body, list items):

@@ -27,6 +27,7 @@ __all__ = [
     "decode_body",
     "encode_error",
     "encode_id",
+    "compact",
     "encode_result",
     "scan",
     "split_call",
@@ -203,6 +204,23 @@ def scan(body: bytes) -> tuple[int, list[list[int]]]:
             target[0][target[1]] = m.start()
             target[0][target[1] + 1] = m.end()
     return deepest, items
+
+
+_STRING = re.compile(rb'("[^"\\]*(?:\\[\s\S][^"\\]*)*"?)')
+_WS = b" \t\r\n"
+
+
+def compact(text: bytes) -> bytes:
+    """JSON ``text`` without the whitespace between its tokens (numbers and strings
+    kept as written); ``text`` itself when it has none."""
+    if b" " not in text and b"\n" not in text and b"\t" not in text and b"\r" not in text:
+        return text
+    parts = _STRING.split(text)
+    outside = b"".join(parts[0::2])
+    if len(outside.translate(None, _WS)) == len(outside):
+        return text  # already compact: the usual case (Go's encoder writes no spaces)
+    parts[0::2] = [p.translate(None, _WS) for p in parts[0::2]]
+    return b"".join(parts)
 
 
 def _raw_id(body: bytes, items: list[list[int]]) -> bytes:

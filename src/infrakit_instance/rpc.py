@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
@@ -21,13 +20,8 @@ RpcError = envelope.RpcError
 MAX_BATCH = 100
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 
-# Whitespace outside strings, for keeping a Spec's own text in compact form.
-_SPACE = re.compile(rb'("[^"\\]*(?:\\[\s\S][^"\\]*)*")|[ \t\r\n]+')
-
-
-def compact(text: bytes) -> bytes:
-    """JSON ``text`` without the whitespace between its tokens (numbers and strings kept as written)."""
-    return _SPACE.sub(rb"\1", text)
+#: JSON text without the whitespace between its tokens (numbers and strings kept as written).
+compact = envelope.compact
 
 
 def error_answer(id_json: bytes, code: int, message: str, method: str | None) -> bytes:
