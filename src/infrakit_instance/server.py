@@ -229,7 +229,7 @@ class Connection(asyncio.Protocol):
             self._win_start, self._win_bytes = now, self._body_bytes
         self._backlog.extend(items)
         self._account()
-        if server.buffered > server.config.max_buffered and parser.buffered:
+        if parser.buffered and server.buffered > server.config.max_buffered:
             message = (
                 f"the plugin holds more than {server.config.max_buffered} bytes of unfinished requests"
                 " (--max-buffered); retry later"
@@ -241,9 +241,15 @@ class Connection(asyncio.Protocol):
         self._update_reading()
 
     def _account(self) -> None:
-        held = 0 if self._dead else self.parser.buffered + sum(len(getattr(r, "body", b"")) for r in self._backlog)
-        self.server.buffered += held - self._held
-        self._held = held
+        if self._dead:
+            held = 0
+        else:
+            held = self.parser.buffered
+            if self._backlog:
+                held += sum(len(getattr(r, "body", b"")) for r in self._backlog)
+        if held != self._held:
+            self.server.buffered += held - self._held
+            self._held = held
 
     def _process(self) -> None:
         """Handle parsed requests while the answers ahead of them are not piling up."""
