@@ -135,17 +135,10 @@ def plot_scaling(
                     if a is None or not sel:
                         continue
                     xs = [p[0] if p[0] > 0 else 0 for p in sel]
-                    a.plot(xs, [p[1] for p in sel], color=color, lw=2, label=label_of(n, labels))
+                    a.plot(xs, [p[1] for p in sel], color=color, lw=2, marker=marker, ms=7, label=label_of(n, labels))
                     for x, v, capped in sel:
-                        a.plot(
-                            [x],
-                            [v],
-                            marker=marker,
-                            ms=7,
-                            color=color,
-                            mfc="white" if capped else color,
-                            mew=2,
-                        )
+                        if capped:
+                            a.plot([x], [v], marker=marker, ms=7, color=color, mfc="white", mew=2)
             for a in (ax0, ax):
                 if a is None:
                     continue
