@@ -318,7 +318,9 @@ def _us(v: float | None) -> str:
 def _ratio(value: float | None, base: float | None) -> str:
     if value is None or not base:
         return "–"
-    return f"{value / base:.2f}×"
+    r = value / base
+    # Two decimals in the usual range; enough digits to tell small ratios apart, none for big ones.
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def compare_markdown(result: dict[str, Any], baseline: str) -> str:
