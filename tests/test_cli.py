@@ -53,7 +53,9 @@ def test_every_environment_variable_readme_names_is_read() -> None:
     envvars |= {f"INFRAKIT_INSTANCE_{p.name.upper()}" for p in main.params if p.name and not p.envvar}
     code = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py")) + (ROOT / "setup.py").read_text()
     code += "\n".join(p.read_text() for p in (ROOT / "tests").glob("*.py"))
-    for name in sorted(set(re.findall(r"INFRAKIT_INSTANCE_[A-Z_]+[A-Z]", README))):
+    # Lines that start InfraKit's own Go file plugin name its variables, not ours.
+    ours = "\n".join(line for line in README.splitlines() if "infrakit plugin start" not in line)
+    for name in sorted(set(re.findall(r"INFRAKIT_INSTANCE_[A-Z_]+[A-Z]", ours))):
         assert name in envvars or f'"{name}"' in code, f"README names {name}, which nothing reads"
 
 
