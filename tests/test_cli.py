@@ -13,7 +13,7 @@ import pytest
 
 from infrakit_instance import __version__
 from infrakit_instance.cli import main
-from plugin_proc import console_script
+from plugin_proc import Plugin, console_script, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -81,3 +81,23 @@ def test_state_tools_refuse_a_directory(tmp_path: Path, command: str) -> None:
     out = run("state", command, str(tmp_path))
     assert out.returncode == 2 and f"state file {tmp_path} is not a regular file" in out.stderr, out
     assert os.listdir(tmp_path) == []
+
+
+def test_the_readme_exec_example_runs_as_written(tmp_path: Path) -> None:
+    """README's two exec-provider lines, from an installed package (no checkout paths):
+    copy the shipped example out, start the plugin with it, provision a device."""
+    assert "infrakit-instance examples ~/ik " in README
+    assert "--provider exec --provider-config ~/ik/exec_devices.json" in README
+    ik = tmp_path / "ik"
+    out = run("examples", str(ik), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert os.access(ik / "exec_devices.sh", os.X_OK)
+    p = Plugin(tmp_path, "--provider", "exec", "--provider-config", str(ik / "exec_devices.json")).start()
+    with p.client() as c:
+        instance = c.call("Instance.Provision", {"Spec": spec()})["ID"]
+        assert (ik / "devices" / instance).read_text() == "healthy\n"  # the script made its devices directory
+        [described] = c.call("Instance.DescribeInstances", {"Tags": {"device": instance}})
+        assert described["ID"] == instance
+    assert p.stop() == 0
+    again = run("examples", str(ik))
+    assert again.returncode == 2 and "already exist" in again.stderr, again  # never overwrites
