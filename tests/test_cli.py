@@ -96,8 +96,8 @@ def test_the_readme_exec_example_runs_as_written(tmp_path: Path) -> None:
     with p.client() as c:
         instance = c.call("Instance.Provision", {"Spec": spec()})["ID"]
         assert (ik / "devices" / instance).read_text() == "healthy\n"  # the script made its devices directory
-        [described] = c.call("Instance.DescribeInstances", {"Tags": {"device": instance}})
-        assert described["ID"] == instance
+        described = c.call("Instance.DescribeInstances", {"Tags": {"device": instance}})
+        assert [d["ID"] for d in described["Descriptions"]] == [instance], described
     assert p.stop() == 0
     again = run("examples", str(ik))
     assert again.returncode == 2 and "already exist" in again.stderr, again  # never overwrites
