@@ -101,3 +101,27 @@ def test_the_readme_exec_example_runs_as_written(tmp_path: Path) -> None:
     assert p.stop() == 0
     again = run("examples", str(ik))
     assert again.returncode == 2 and "already exist" in again.stderr, again  # never overwrites
+
+
+def test_a_socket_that_cannot_be_made_names_its_path(tmp_path: Path) -> None:
+    # /sys refuses new files even to root: the bind fails with EPERM or EROFS.
+    out = run("--listen", "unix:///sys/infrakit-instance-test.sock", "--state", str(tmp_path / "s.json"))
+    assert out.returncode == 1
+    assert "cannot listen on unix:///sys/infrakit-instance-test.sock" in out.stderr, out.stderr
+
+
+def test_a_port_in_use_names_the_address(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**os.environ, "INFRAKIT_PLUGINS_DIR": str(tmp_path)}
+        out = subprocess.run(
+            [console_script(), "--listen", f"tcp://127.0.0.1:{port}", "--state", str(tmp_path / "s.json")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on tcp://127.0.0.1:{port}: Address already in use" in out.stderr, out.stderr
