@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import stat
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -307,8 +308,13 @@ class Server:
             address = f"tcp://{host}:{bound[1]}" if ":" not in host else f"tcp://[{host}]:{bound[1]}"
             self._listen_file = os.path.join(self.config.plugins_dir, self.config.name + ".listen")
             os.makedirs(self.config.plugins_dir, exist_ok=True)
-            with open(self._listen_file, "w") as f:
+            # Written beside it and renamed over it: a symlink or file planted at
+            # that name is replaced, never followed or written through.
+            fd, tmp = tempfile.mkstemp(dir=self.config.plugins_dir, prefix=f".{self.config.name}.listen.")
+            with os.fdopen(fd, "w") as f:
                 f.write(address)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self._listen_file)
             log.info("listening on %s (discovery file %s)", address, self._listen_file)
         else:
             path = unix_path
