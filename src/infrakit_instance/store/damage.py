@@ -108,10 +108,9 @@ def _scan(data: bytes) -> _Scan | None:
         nl = data.find(b"\n", pos)
         end = len(data) if nl < 0 else nl + 1
         line = data[pos:end]
-        if closed or not line.strip(_WS):
-            kind = "blank" if not line.strip(_WS) else "bad"
-            scan.lines.append(_Line(pos, end, kind))
-        elif line == _CLOSE:
+        if not line.strip(_WS):
+            scan.lines.append(_Line(pos, end, "blank"))
+        elif line == _CLOSE and not closed:
             closed = True
             scan.lines.append(_Line(pos, end, "close"))
         else:
@@ -137,6 +136,9 @@ def diagnose(data: bytes) -> Damage | None:
     if scan is None:
         return None
     lines = scan.lines
+    close = next((n for n, ln in enumerate(lines) if ln.kind == "close"), None)
+    if close is not None and any(ln.kind != "blank" for ln in lines[close + 1 :]):
+        lines[close].kind = "bad"  # the document "ends" early: that is where the damage starts
     bad = next((n for n, ln in enumerate(lines) if ln.kind == "bad"), None)
     closed = any(ln.kind == "close" for ln in lines)
     if bad is None:
@@ -152,13 +154,15 @@ def diagnose(data: bytes) -> Damage | None:
     tail = data[k:]
     trail = len(tail) - len(tail.rstrip(_WS + b"\0"))
     zero = data.find(b"\0", k)
-    torn = after == 0 and trail >= _TORN_TRAIL and (zero < 0 or zero >= k + PAD_KEEP - 64)
+    # A crash cut the append short: so its closing bytes (written last) never landed after it.
+    closed_after = any(ln.kind == "close" for ln in lines[bad + 1 :])
+    torn = after == 0 and not closed_after and trail >= _TORN_TRAIL and (zero < 0 or zero >= k + PAD_KEEP - 64)
     if bad < len(lines) and lines[bad].kind == "bad":
         what = "bytes that are no element of the Instances array"
         if b"\0" in data[lines[bad].start : lines[bad].end]:
             what = "zero bytes"
-        elif closed and any(ln.kind == "close" for ln in lines[:bad]):
-            what = "bytes after the end of the document"
+        elif bad == close:
+            what = "the document closes here, but more follows"
     else:
         what = "the document is not closed"
     repaired = None
