@@ -547,6 +547,45 @@ def test_write_faults_give_errors_and_never_diverge(tmp_path: Path, fault: str, 
     run(main)
 
 
+def test_a_rewrite_without_descriptors_fails_its_batch_cleanly(tmp_path: Path) -> None:
+    """No descriptor for the temporary file (even the reserved one gone): the batch fails,
+    memory keeps the layout of the file as it is, and later changes land where they belong."""
+    path = str(tmp_path / "s.json")
+
+    class NoFiles(Disk):
+        armed = False
+
+        def create(self, name: str, dir_fd: int, mode: int = 0o600) -> int:
+            if self.armed:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().create(name, dir_fd, mode)
+
+    disk = NoFiles()
+
+    async def main() -> None:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        await asyncio.gather(*(provision(store, record(i, extra=2000)) for i in range(600)))
+        disk.armed = True
+        model = [d for d in described(store)]
+        failed = 0
+        for i in range(0, 500):  # destroys that make the file worth compacting
+            try:
+                await store.destroy(f"id-{i}")
+                model = [d for d in model if d["ID"] != f"id-{i}"]
+            except StoreError:
+                failed += 1
+        assert failed > 0  # some batches needed a whole-file rewrite and could not have it
+        assert described(store) == model == on_disk(path)
+        disk.armed = False
+        await provision(store, record(900))
+        await store.label("id-599", {"after": "x" * 100})
+        assert described(store) == on_disk(path)
+        await store.close()
+
+    run(main)
+
+
 # -- the state tools ----------------------------------------------------------------------
 
 

@@ -768,6 +768,7 @@ class FileStore(Store):
             except OSError:
                 pass
             raise
+        log.info("state file %s: rewritten whole (%d bytes)", self.path, len(doc))
         old, self._fd = self._fd, fd
         st = os.fstat(fd)
         self._dev, self._ino = st.st_dev, st.st_ino
