@@ -586,6 +586,51 @@ def test_a_rewrite_without_descriptors_fails_its_batch_cleanly(tmp_path: Path) -
     run(main)
 
 
+@pytest.mark.parametrize("fullfsync", ["works", "unsupported", "absent"])
+def test_without_fdatasync_the_seam_uses_fsync_and_full_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fullfsync: str
+) -> None:
+    """macOS has no fdatasync: every sync is an fsync, and with --fsync always an
+    F_FULLFSYNC where the platform and file system have it."""
+    import fcntl
+
+    calls: list[str] = []
+    real_fsync, real_fcntl = os.fsync, fcntl.fcntl
+    monkeypatch.delattr(os, "fdatasync")
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    if fullfsync == "absent":
+        monkeypatch.delattr(fcntl, "F_FULLFSYNC", raising=False)
+    else:
+        monkeypatch.setattr(fcntl, "F_FULLFSYNC", 12345, raising=False)
+
+        def fake_fcntl(fd: int, cmd: int, *args: Any) -> Any:
+            if cmd == 12345:
+                calls.append("fullfsync")
+                if fullfsync == "unsupported":
+                    raise OSError(errno.ENOTSUP, "not supported")
+                return 0
+            return real_fcntl(fd, cmd, *args)
+
+        monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
+    path = str(tmp_path / "s.json")
+
+    async def main(fsync: bool) -> None:
+        store = FileStore(path, fsync=fsync)
+        await store.open()
+        calls.clear()
+        await provision(store, record(1 if fsync else 2))
+        await store.destroy("id-1" if fsync else "id-2")
+        await store.close()
+
+    run(lambda: main(True))
+    expect = {"works": ["fullfsync"], "unsupported": ["fullfsync", "fsync"], "absent": ["fsync"]}[fullfsync]
+    assert calls[: len(expect) * 2] == expect * 2  # the append's data sync, the destroy's journal sync
+    assert "fdatasync" not in calls
+    run(lambda: main(False))
+    assert calls == []  # --fsync never: none at all
+    assert on_disk(path) == []
+
+
 # -- the state tools ----------------------------------------------------------------------
 
 

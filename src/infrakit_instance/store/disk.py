@@ -16,7 +16,7 @@ import fcntl
 import os
 from collections.abc import Callable
 
-__all__ = ["Disk", "DiskStopped"]
+__all__ = ["Disk", "DiskStopped", "pick_syncs"]
 
 #: Flags for files the store creates: never follow a planted symlink, never reuse a planted file.
 CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -26,23 +26,25 @@ class DiskStopped(OSError):
     """A short write that made no progress."""
 
 
-def _pick_sync(full: bool) -> Callable[[int], None]:
-    fdatasync = getattr(os, "fdatasync", None)
-    if fdatasync is not None:
-        return fdatasync  # type: ignore[no-any-return]
+def _full_fsync(cmd: int) -> Callable[[int], None]:
+    def sync(fd: int) -> None:
+        try:
+            fcntl.fcntl(fd, cmd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ENOTTY):
+                raise
+            os.fsync(fd)  # a file system without F_FULLFSYNC
+
+    return sync
+
+
+def pick_syncs(full: bool) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """The (data sync, full sync) functions of this platform.  ``full``: the
+    strongest there is (``--fsync always``)."""
     fullfsync = getattr(fcntl, "F_FULLFSYNC", None)
-    if full and fullfsync is not None:
-
-        def sync(fd: int) -> None:
-            try:
-                fcntl.fcntl(fd, fullfsync)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ENOTTY):
-                    raise
-                os.fsync(fd)  # a file system without F_FULLFSYNC
-
-        return sync
-    return os.fsync
+    fsync = _full_fsync(fullfsync) if full and fullfsync is not None else os.fsync
+    fdatasync = getattr(os, "fdatasync", None)
+    return (fdatasync if fdatasync is not None else fsync), fsync
 
 
 class Disk:
@@ -51,7 +53,7 @@ class Disk:
 
     def __init__(self, sync: bool = True) -> None:
         self.sync = sync
-        self._datasync = _pick_sync(full=sync)
+        self._datasync, self._fsync = pick_syncs(full=sync)
 
     # -- writes --------------------------------------------------------------------
 
@@ -76,13 +78,14 @@ class Disk:
             self._datasync(fd)
 
     def fsync(self, fd: int) -> None:
+        """Make the file's data and all its metadata durable."""
         if self.sync:
-            os.fsync(fd)
+            self._fsync(fd)
 
     def dirsync(self, dir_fd: int) -> None:
         """Make the directory's entries (creations, renames, unlinks) durable."""
         if self.sync:
-            os.fsync(dir_fd)
+            self._fsync(dir_fd)
 
     # -- names ---------------------------------------------------------------------
 
