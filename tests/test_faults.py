@@ -319,6 +319,16 @@ def test_planted_tmp_and_listen_symlinks_are_never_followed(tmp_path: Path) -> N
     listen = plugins / "instance-py.listen"
     wait_for(lambda: not listen.is_symlink() and listen.exists(), 20, "the listen file")
     assert listen.read_text().startswith("tcp://127.0.0.1:")
+    host, port = listen.read_text()[6:].rsplit(":", 1)
+
+    def answers() -> bool:  # serving (and so ready for SIGTERM), not just listening
+        body = b'{"jsonrpc":"2.0","method":"Plugin.Implements","params":{},"id":1}'
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n")
+            s.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            return b"result" in s.recv(65536)
+
+    wait_for(answers, 20, "an answer over TCP")
     assert victim.read_bytes() == b"precious"
     assert not os.path.islink(plugin.state) and len(plugin.state_doc()["Instances"]) == 3
     assert plugin.stop() == 0
