@@ -71,15 +71,16 @@ def _damaged_cases(good: bytes) -> list[tuple[str, bytes]]:
     return cases
 
 
-def test_damage_that_is_no_torn_append_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
-    plugin, ids = fill(tmp_path, 300)
+@pytest.mark.parametrize("env", TWINS)
+def test_damage_that_is_no_torn_append_is_refused_and_left_as_it_is(tmp_path: Path, env: dict[str, str]) -> None:
+    plugin, ids = fill(tmp_path, 300, env=env)
     assert plugin.stop() == 0
     good = Path(plugin.state).read_bytes()
     cases = _damaged_cases(good)
     started = 0
     for name, data in cases:
         Path(plugin.state).write_bytes(data)
-        probe = Plugin(tmp_path)
+        probe = Plugin(tmp_path, env=env)
         probe.start(wait=False)
         assert probe.proc is not None
 
