@@ -22,6 +22,7 @@ import resource
 import signal
 import socket
 import stat
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -565,8 +566,13 @@ class Server:
             address = f"tcp://{host}:{bound[1]}" if ":" not in host else f"tcp://[{host}]:{bound[1]}"
             self._listen_file = os.path.join(self.config.plugins_dir, self.config.name + ".listen")
             os.makedirs(self.config.plugins_dir, exist_ok=True)
-            with open(self._listen_file, "w") as f:
+            # Written beside it and renamed over it: a symlink or file planted at
+            # that name is replaced, never followed or written through.
+            fd, tmp = tempfile.mkstemp(dir=self.config.plugins_dir, prefix=f".{self.config.name}.listen.")
+            with os.fdopen(fd, "w") as f:
                 f.write(address)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self._listen_file)
             if not is_loopback(host):
                 log.warning(
                     "listening on %s, reachable from other hosts: every request needs the bearer token", address

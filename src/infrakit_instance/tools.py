@@ -1,4 +1,4 @@
-"""``infrakit-instance state ...``: check, compact and show a state file."""
+"""``infrakit-instance state ...``: check, compact, salvage and show a state file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import orjson
 from .paths import DEFAULT_NAME, state_path
 from .state import StateError
 from .store import FileStore, StoreLocked, compacted_size, load_state_bytes
-from .store.journal import rolled_back
+from .store.damage import salvage as salvage_elements
+from .store.file import inspect_state
 
 __all__ = ["state_group"]
 
@@ -45,20 +46,21 @@ def state_group() -> None:
 def check(ctx: click.Context, path: str | None) -> None:
     """Say whether the file is valid or recoverable, and what it holds. Changes nothing.
 
-    Exit status: 0 valid, 1 not usable, 3 valid once the next start finishes recovery."""
+    Exit status: 0 valid, 1 not usable (damage that is not a torn last append: see
+    ``state salvage``), 2 no such file, 3 valid once the next start finishes recovery."""
     path = _existing(ctx, path)
-    journal = path + ".journal"
     try:
-        raw = open(path, "rb").read()
-        image = rolled_back(path, journal)
+        seen = inspect_state(path)
     except OSError as exc:
         click.echo(f"{path}: cannot read: {exc}", err=True)
         sys.exit(1)
-    pending = image != raw
+    image = seen.image
     try:
         loaded = load_state_bytes(image, path)
     except StateError as exc:
         click.echo(f"{path}: {exc}", err=True)
+        if seen.mismatch:
+            click.echo(f"  its journal does not apply: {seen.mismatch}", err=True)
         sys.exit(1)
     state, end, repaired = loaded.state, loaded.end, loaded.repaired is not None
     document = loaded.repaired or image
@@ -69,16 +71,54 @@ def check(ctx: click.Context, path: str | None) -> None:
     click.echo(f"  layout: {'in-place editable' if in_place else 'other (the plugin rewrites it at start)'}")
     if in_place:
         holes = max(0, end - compacted_size(state))
-        click.echo(f"  whitespace left by removals: {holes} bytes ({holes * 100 // len(image)}%)")
-    if pending:
-        click.echo("  an interrupted write is pending in the journal: the next start rolls it back")
+        click.echo(f"  whitespace left by removals: {holes} bytes ({holes * 100 // max(1, len(image))}%)")
+    if seen.replayed:
+        click.echo(f"  {seen.replayed} interrupted batches are pending in the journal: the next start replays them")
+    if seen.mismatch:
+        click.echo(f"  a journal is present but does not apply, and never will: {seen.mismatch}")
     if repaired:
         click.echo(
             f"  the last append was cut short: the next start drops its"
             f" {len(image.rstrip(b' ')) - len(document)} incomplete bytes"
         )
-    if pending or repaired:
+    if seen.replayed or repaired:
         sys.exit(3)
+
+
+@state_group.command("salvage")
+@click.argument("path")
+@click.option("--out", "out", required=True, metavar="NEW", help="The new state file to write (must not exist).")
+def salvage(path: str, out: str) -> None:
+    """Write every intact instance of a damaged state file to a new file.
+
+    Keeps the elements before and after any damage (and the journal's pending
+    batches, if it applies); says exactly what it could not keep.  Never
+    changes PATH.  Exit status: 0 written, 1 nothing could be read."""
+    try:
+        seen = inspect_state(path)
+        state, lost = salvage_elements(seen.image)
+    except (OSError, StateError) as exc:
+        click.echo(f"{path}: {exc}", err=True)
+        sys.exit(1)
+    doc = state.document(32)[0] + b" " * 65536
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        click.echo(f"{out}: {exc.strerror or exc} (salvage writes a new file only)", err=True)
+        sys.exit(1)
+    with os.fdopen(fd, "wb") as f:
+        f.write(doc)
+        f.flush()
+        os.fsync(f.fileno())
+    if seen.replayed:
+        click.echo(f"{path}: applied {seen.replayed} batches pending in its journal (in the copy only)")
+    if seen.mismatch:
+        click.echo(f"{path}: its journal does not apply and was not used: {seen.mismatch}")
+    click.echo(f"{out}: {len(state.instances)} instances, {len(state.nonfunctional)} non-functional kept")
+    if not lost:
+        click.echo("  nothing was lost")
+    for start, stop, why in lost:
+        click.echo(f"  not kept: bytes {start}-{stop - 1} of {path}: {why}")
 
 
 @state_group.command("compact")
@@ -128,7 +168,7 @@ def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties
             raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
         wanted[key] = value
     try:
-        state = load_state_bytes(rolled_back(path, path + ".journal"), path).state
+        state = load_state_bytes(inspect_state(path).image, path).state
     except (StateError, OSError) as exc:
         click.echo(f"infrakit-instance: {exc}", err=True)
         sys.exit(1)
