@@ -59,6 +59,9 @@ class Config:
     # sync_interval None means 0 (off) for the logical provider, DEFAULT_SYNC_INTERVAL otherwise.
     provider_timeout: float = 30.0
     sync_interval: float | None = None
+    # etcd://host:port,.../prefix instead of the state file, and its options (store.etcd.EtcdOptions).
+    store_url: str = ""
+    etcd: Any = None
 
 
 #: Seconds between syncs with a provider other than the logical one, unless configured.
@@ -262,13 +265,14 @@ class Server:
 
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.store = store or FileStore(config.state, fsync=config.fsync)
+        self.store = store or _make_store(config)
         provider = BoundedProvider(config.provider or LogicalProvider(), config.provider_timeout)
         self.plugin = Plugin(self.store, provider, config.name)
         interval = config.sync_interval
         if interval is None:
             interval = 0.0 if provider.logical else DEFAULT_SYNC_INTERVAL
         self.syncer = Syncer(self.store, provider, interval)
+        self.election: Any = None  # with etcd and a provider: who runs the sync loop
         self.dispatcher = Dispatcher(self.plugin.methods)
         self.api_info = self.plugin.api_info()
         self.connections: set[Connection] = set()
@@ -297,7 +301,14 @@ class Server:
         gc.collect()
         gc.freeze()
         await self.plugin.provider.start()
-        self.syncer.start()
+        if self.config.store_url and not self.plugin.provider.logical:
+            from .store.election import Election
+
+            # One sync loop among the replicas: the one holding the election key.
+            self.election = Election(self.store, on_elected=self.syncer.start, on_lost=self.syncer.stop)
+            self.election.start()
+        else:
+            self.syncer.start()
         loop = asyncio.get_running_loop()
         if unix_path is None:
             host, _, port = listen[6:].rpartition(":")
@@ -326,6 +337,8 @@ class Server:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        if self.election is not None:
+            await self.election.stop()
         await self.syncer.stop()
         for path in (self._socket_path, self._listen_file):
             if path:
@@ -348,6 +361,14 @@ class Server:
         except ProviderError as exc:
             log.error("provider: %s", exc)
         await self.store.close()
+
+
+def _make_store(config: Config) -> Store:
+    if config.store_url:
+        from .store.etcd import EtcdStore
+
+        return EtcdStore(config.store_url, config.etcd)
+    return FileStore(config.state, fsync=config.fsync)
 
 
 def claim_socket_path(path: str) -> None:
