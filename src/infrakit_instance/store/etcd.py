@@ -450,16 +450,26 @@ class EtcdStore(Store):
     # -- reads ---------------------------------------------------------------------------------
 
     def read_barrier(self) -> asyncio.Future[None] | None:
-        """With consistent reads: a future done once this replica has caught up with a quorum revision."""
-        if not self.options.consistent_reads:
+        """None when memory may answer now.  Else a future done once every change
+        submitted before this read is settled (a read after a change on the same
+        connection sees it, as with the file store) and, with consistent reads,
+        once this replica has caught up with a quorum revision."""
+        pending = [ch.future for ch in self._queue] + [ch.future for ch in self._busy.values()]
+        if not self.options.consistent_reads and not pending:
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.get_running_loop().create_task(self._barrier(fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        task = loop.create_task(self._barrier(fut, pending))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fut
 
-    async def _barrier(self, fut: asyncio.Future[None]) -> None:
+    async def _barrier(self, fut: asyncio.Future[None], pending: list[asyncio.Future[None]]) -> None:
+        if pending:
+            await asyncio.gather(*(asyncio.shield(p) for p in pending), return_exceptions=True)
+        if not self.options.consistent_reads:
+            fut.set_result(None)
+            return
         try:
             resp = await self.client.kvstub.Range(
                 self.client.rpc.RangeRequest(key=self._rev_key),
