@@ -783,7 +783,10 @@ class EtcdStore(Store):
             while True:
                 left = deadline - time.monotonic()
                 try:
-                    resp = await self.client.kvstub.Txn(req, timeout=max(left, 0.05), metadata=self.client.metadata)
+                    # Attempts shorter than the bound: a proposal lost with its leader is retried
+                    # on the new one (its guard then says whether the lost attempt was made).
+                    attempt = min(max(left, 0.05), max(0.5, self.options.timeout / 4))
+                    resp = await self.client.kvstub.Txn(req, timeout=attempt, metadata=self.client.metadata)
                     break
                 except asyncio.CancelledError:
                     raise
