@@ -22,7 +22,9 @@ def _path(ctx: click.Context, path: str | None) -> str:
     if path:
         return path
     root = ctx.find_root()
-    return root.params.get("store_url") or root.params.get("state") or state_path(root.params.get("name") or DEFAULT_NAME)
+    return (
+        root.params.get("store_url") or root.params.get("state") or state_path(root.params.get("name") or DEFAULT_NAME)
+    )
 
 
 @click.group("state")

@@ -666,8 +666,8 @@ class EtcdStore(Store):
 
     # -- the writer -------------------------------------------------------------------------------
 
-    def _plan(self, ch: Change) -> tuple[Any, Any, Any] | str | None:
-        """The compare, operation and failure-branch read of a change, judged on memory
+    def _plan(self, ch: Change) -> tuple[Any, Any] | str | None:
+        """The compare and the operation of a change, judged on memory
         now; a string: why it cannot be made; None: it is already made (an unsure retry)."""
         rpc = self.client.rpc
         state = self._state
@@ -675,10 +675,9 @@ class EtcdStore(Store):
         if ch.kind == "provider":
             key = self.prefix + b"/state/provider"
             cmp = rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.GREATER, version=-1)
-            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=ch.value)), None
+            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=ch.value))
         key = self._ipre + iid.encode()
         meta = self._meta.get(iid)
-        read = rpc.RequestOp(request_range=rpc.RangeRequest(key=key, keys_only=True))
         if ch.kind == "provision":
             assert ch.record is not None
             value = encode_value(ch.record)
@@ -688,7 +687,7 @@ class EtcdStore(Store):
                 return f"instance ID {iid} already exists"
             ch.value = value
             cmp = rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
-            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)), read
+            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
         if meta is None:
             if ch.unsure and ch.kind in ("destroy", "forget"):
                 return None
@@ -697,7 +696,7 @@ class EtcdStore(Store):
         if ch.kind in ("destroy", "forget"):
             if ch.kind == "destroy" and meta.nonfunctional:
                 return f"no such instance: {iid}"
-            return cmp, rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)), read
+            return cmp, rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
         if ch.kind == "label":
             rec = state.get(iid)
             if rec is None:
@@ -709,7 +708,7 @@ class EtcdStore(Store):
             if ch.unsure and value == encode_value(rec, False, meta.front):
                 return None
             ch.value = value
-            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)), read
+            return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
         # functional
         if ch.functional:
             rec = state.nonfunctional.get(iid)
@@ -723,7 +722,7 @@ class EtcdStore(Store):
             if rec is None:
                 return None if ch.unsure and iid in state.nonfunctional else f"no such instance: {iid}"
             value = encode_value(rec, True, 0)
-        return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)), read
+        return cmp, rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
 
     async def _write_loop(self) -> None:
         assert self._wake is not None
@@ -731,7 +730,7 @@ class EtcdStore(Store):
             await self._wake.wait()
             self._wake.clear()
             while self._queue and self._inflight < self.options.max_inflight:
-                batch: list[tuple[Change, Any, Any, Any]] = []
+                batch: list[tuple[Change, Any, Any]] = []
                 rest: list[Change] = []
                 limit = max(1, self.options.max_txn_ops - 1)  # one op is the revision marker
                 for ch in self._queue:
@@ -770,7 +769,7 @@ class EtcdStore(Store):
             else:
                 ch.future.set_exception(exc)
 
-    async def _commit(self, batch: list[tuple[Change, Any, Any, Any]]) -> None:
+    async def _commit(self, batch: list[tuple[Change, Any, Any]]) -> None:
         rpc = self.client.rpc
         changes = [b[0] for b in batch]
         try:
