@@ -67,7 +67,8 @@ def free_ports(n: int) -> list[int]:
 
 
 class Member:
-    def __init__(self, name: str, client_port: int, peer_port: int, data: Path) -> None:
+    def __init__(self, name: str, client_port: int, peer_port: int, data: Path, scheme: str = "http") -> None:
+        self.scheme = scheme
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port
@@ -80,6 +81,9 @@ class Member:
         return f"127.0.0.1:{self.client_port}"
 
     def healthy(self) -> bool:
+        if self.scheme != "http":
+            with socket.socket() as s:  # TLS: a listening port is enough
+                return s.connect_ex(("127.0.0.1", self.client_port)) == 0
         try:
             with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
@@ -99,13 +103,16 @@ class Member:
 class EtcdCluster:
     """``n`` members on loopback; ``url(prefix)`` is what ``--store`` takes."""
 
-    def __init__(self, tmp: Path, n: int = 1, extra: list[str] | None = None, long_lived: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, n: int = 1, extra: list[str] | None = None, long_lived: bool = False, scheme: str = "http"
+    ) -> None:
         need_etcd()
+        self.scheme = scheme
         self.long_lived = long_lived
         self.tmp = tmp
         self.extra = extra or []
         ports = free_ports(2 * n)
-        self.members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"etcd-m{i}") for i in range(n)]
+        self.members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"etcd-m{i}", scheme) for i in range(n)]
         self.initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
         self._logs: list[object] = []
 
@@ -124,9 +131,9 @@ class EtcdCluster:
             "--data-dir",
             str(m.data),
             "--listen-client-urls",
-            f"http://127.0.0.1:{m.client_port}",
+            f"{self.scheme}://127.0.0.1:{m.client_port}",
             "--advertise-client-urls",
-            f"http://127.0.0.1:{m.client_port}",
+            f"{self.scheme}://127.0.0.1:{m.client_port}",
             "--listen-peer-urls",
             f"http://127.0.0.1:{m.peer_port}",
             "--initial-advertise-peer-urls",
