@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
 
 
 def test_user_and_password_from_a_file_or_the_environment(tmp_path: Path) -> None:
-    cluster = EtcdCluster(tmp_path).start()
+    cluster = EtcdCluster(tmp_path, extra=["--auth-token-ttl=1"]).start()
     cluster.etcdctl("user", "add", "root:s3cret")
     cluster.etcdctl("auth", "enable")
     url = cluster.url("/auth")
@@ -62,6 +63,9 @@ def test_user_and_password_from_a_file_or_the_environment(tmp_path: Path) -> Non
     p.start()
     with p.client() as c:
         made = c.call("Instance.Provision", {"Spec": spec()})["ID"]
+        time.sleep(2.5)  # not a synchronisation: let the token's 1 s time to live run out unused
+        again = c.call("Instance.Provision", {"Spec": spec()})["ID"]  # logs in again by itself
+        c.call("Instance.Destroy", {"Instance": again})
     assert p.stop() == 0
     (tmp_path / "b").mkdir()
     q = Plugin(tmp_path / "b", "--store", url, "--etcd-user", "root", env={"INFRAKIT_INSTANCE_ETCD_PASSWORD": "s3cret"})

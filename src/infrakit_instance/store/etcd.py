@@ -193,10 +193,7 @@ def _client_class() -> Any:
                 self.channel = rpc.insecure_channel(target, options=opts)
             if self._username is not None:
                 self.auth_stub = rpc.AuthStub(self.channel)
-                resp = await self.auth_stub.Authenticate(
-                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
-                )
-                self.metadata = (("token", resp.token),)
+                await self.authenticate()
             self.kvstub = rpc.KVStub(self.channel)
             self.clusterstub = rpc.ClusterStub(self.channel)
             self.leasestub = rpc.LeaseStub(self.channel)
@@ -204,7 +201,27 @@ def _client_class() -> Any:
             self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
             self._connected.set()
 
+        async def authenticate(self) -> None:
+            """A fresh token (etcd's simple tokens expire after --auth-token-ttl without use).
+            The metadata tuple is replaced, so the watcher's stream keeps its own until it restarts."""
+            resp = await self.auth_stub.Authenticate(
+                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+            )
+            self.metadata = (("token", resp.token),)
+            if self._watcher is not None:
+                self._watcher._metadata = self.metadata
+
     return Client
+
+
+async def reauthenticate_if_expired(client: Any, exc: BaseException) -> None:
+    """Log in again when etcd says the token is no longer valid."""
+    if client is not None and client._username is not None and "auth token" in describe_error(exc):
+        try:
+            await client.authenticate()
+            log.info("etcd: the auth token had expired: logged in again")
+        except Exception as again:
+            log.warning("etcd: could not log in again: %s", describe_error(again))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -530,6 +547,7 @@ class EtcdStore(Store):
                     except Exception as again:
                         log.warning("etcd %s: reload failed: %s", self.url, describe_error(again))
                 else:
+                    await reauthenticate_if_expired(self.client, exc)
                     log.warning(
                         "etcd %s: watch lost at revision %d (%s); resuming in %.1f s",
                         self.url,
@@ -790,6 +808,7 @@ class EtcdStore(Store):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    await reauthenticate_if_expired(self.client, exc)
                     for ch in changes:
                         ch.unsure = True
                     left = deadline - time.monotonic()
