@@ -86,3 +86,24 @@ def test_eight_keep_alive_clients_provision_and_destroy_what_etcd_then_holds(plu
     assert value["ID"] == made[1] and value["Properties"]["Init"] == "#!/bin/sh\necho hello\n"
     held = etcd.etcdctl("get", "--prefix", "--keys-only", f"/{prefix}/state/i/").split()
     assert sorted(k.rsplit("/", 1)[1] for k in held) == sorted(made[1::2])
+
+
+def test_two_replicas_with_consistent_reads_see_each_others_acknowledged_changes(
+    tmp_path: Path, etcd: EtcdCluster
+) -> None:
+    url = etcd.url(f"/proto/{next(_prefixes)}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Plugin(tmp_path / "a", "--store", url, "--consistent-reads").start()
+    b = Plugin(tmp_path / "b", "--store", url, "--consistent-reads").start()
+    with a.client() as ca, b.client() as cb:
+        for i in range(30):
+            writer, reader = (ca, cb) if i % 2 else (cb, ca)
+            made = writer.call("Instance.Provision", {"Spec": spec(n=str(i))})["ID"]
+            # Acknowledged on one replica: the very next Describe on the other has it.
+            seen = reader.call("Instance.DescribeInstances", {"Tags": {"n": str(i)}})["Descriptions"]
+            assert [d["ID"] for d in seen] == [made]
+        assert ca.call("Instance.DescribeInstances", {"Properties": True}) == cb.call(
+            "Instance.DescribeInstances", {"Properties": True}
+        )
+    assert a.stop() == 0 and b.stop() == 0
