@@ -445,12 +445,9 @@ class EtcdStore(Store):
         for task in (self._writer, self._watcher, *self._tasks):
             if task is not None:
                 task.cancel()
-        for task in (self._writer, self._watcher, *list(self._tasks)):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        pending = [t for t in (self._writer, self._watcher, *self._tasks) if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
         self._writer = self._watcher = None
         err = StoreError("the store was closed before etcd confirmed the change")
         for ch in self._queue:
@@ -459,8 +456,9 @@ class EtcdStore(Store):
         self._queue = []
         if self.client is not None:
             try:
-                await self.client.close()
-            except Exception:
+                # Bounded: a channel to a member that is gone must not hold up the shutdown.
+                await asyncio.wait_for(self.client.close(), 3.0)
+            except (Exception, asyncio.TimeoutError):
                 pass
             self.client = None
 
