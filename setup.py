@@ -13,7 +13,13 @@ from setuptools.command.build_ext import build_ext as _build_ext
 NO_EXTENSIONS = os.environ.get("INFRAKIT_INSTANCE_NO_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
 
 EXTENSIONS = [
-    Extension(f"infrakit_instance.{name}", [f"ext/infrakit_instance/{name}.pyx"])
+    # -g0: no debug info in shipped modules (Python's own CFLAGS carry -g), a
+    # quarter of their size; INFRAKIT_INSTANCE_DEBUG_BUILD=1 keeps it for gdb.
+    Extension(
+        f"infrakit_instance.{name}",
+        [f"ext/infrakit_instance/{name}.pyx"],
+        extra_compile_args=[] if os.environ.get("INFRAKIT_INSTANCE_DEBUG_BUILD") else ["-g0"],
+    )
     for name in ("_http_c", "_rpc_c", "_codec_c")
 ]
 

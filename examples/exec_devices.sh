@@ -23,10 +23,11 @@ validate)
     fi
     ;;
 provision)
-    # stdin holds the Spec; print the new instance's ID (and extra tags).
-    path=$(mktemp "$dir/dev-XXXXXX")
-    echo healthy > "$path"
-    id=${path##*/}
+    # stdin holds the Spec (this script does not read it); INFRAKIT_INSTANCE_ID is the ID
+    # the plugin chose: naming the device after it makes a retry find what a failed
+    # attempt left.  Print the instance's ID (and extra tags).
+    id=$INFRAKIT_INSTANCE_ID
+    echo healthy > "$dir/$id"
     printf '{"ID": "%s", "Tags": {"device": "%s"}}\n' "$id" "$id"
     ;;
 destroy)

@@ -2,36 +2,39 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import impls
 from plugin_proc import reap
 
 # -- implementations: the compiled hot path and its pure-Python twin ----------------
-#
-# The compiled case imports the extension modules directly, so a missing or
-# broken build is an error here, never a silent fallback to the pure twin.
-
-IMPLEMENTATIONS = {"compiled": "_c", "pure": "_py"}
+# (see impls.py: the compiled case is skipped, visibly, only in a pure install)
 
 
-def load_impl(name: str) -> SimpleNamespace:
-    suffix = IMPLEMENTATIONS[name]
-    return SimpleNamespace(
-        name=name,
-        http=importlib.import_module(f"infrakit_instance._http{suffix}"),
-        rpc=importlib.import_module(f"infrakit_instance._rpc{suffix}"),
-        codec=importlib.import_module(f"infrakit_instance._codec{suffix}"),
-    )
+def pytest_addoption(parser: pytest.Parser) -> None:
+    impls.add_option(parser)
 
 
-@pytest.fixture(scope="session", params=list(IMPLEMENTATIONS))
+def pytest_configure(config: pytest.Config) -> None:
+    impls.configure(config)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    return True if impls.leave_out(config, benchmarks=False) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    impls.skip_compiled_items(config, items)
+
+
+@pytest.fixture(scope="session", params=impls.impl_params())
 def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
     """A namespace with the ``http``, ``rpc`` and ``codec`` modules of one implementation."""
-    return load_impl(request.param)
+    return impls.load_impl(request.param)
 
 
 # -- processes: no test leaves a plugin running ---------------------------------------

@@ -55,12 +55,37 @@ def _load_provider(spec: str, config_file: str | None, opts: tuple[str, ...]) ->
         raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _setup_logging(level: int) -> None:
-    logging.basicConfig(
-        level=LOG_LEVELS[level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _setup_logging(level: int, fmt: str = "text") -> None:
+    from .logs import setup
+
+    setup(LOG_LEVELS[level], fmt)
+
+
+def _version_text() -> str:
+    import orjson
+
+    try:
+        import uvloop
+
+        uv = getattr(uvloop, "__version__", "unknown")
+    except ImportError:
+        uv = "not installed (asyncio event loop)"
+    return "\n".join(
+        [
+            f"infrakit-instance {__version__}",
+            f"implementation: {IMPLEMENTATION}",
+            f"python: {sys.version.split()[0]}",
+            f"uvloop: {uv}",
+            f"orjson: {orjson.__version__}",
+            "instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1",
+        ]
     )
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_version_text())
+        ctx.exit()
 
 
 class _Main(click.Group):
@@ -191,6 +216,99 @@ class _Main(click.Group):
     help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    show_envvar=True,
+    help="Log lines as text, or as one JSON object a line (time, level, logger, conn, message).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a request may take to arrive whole, from its first byte (later: HTTP 408, closed).",
+)
+@click.option(
+    "--min-body-rate",
+    type=click.IntRange(0),
+    default=1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes per second a request body must keep up, over each 2 s (slower: HTTP 408); 0: no minimum.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    show_envvar=True,
+    help="Open connections at most; at the limit, accepting pauses until one closes.",
+)
+@click.option(
+    "--max-buffered",
+    type=click.IntRange(1),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of unfinished requests held across all connections (past it: HTTP 503, closed).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    show_envvar=True,
+    help="Requests in one JSON-RPC batch at most (more: -32600).",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=click.IntRange(1),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of answers one batch may get; answers past it are -32000 errors saying so.",
+)
+@click.option(
+    "--describe-cache",
+    type=click.IntRange(0),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of DescribeInstances answers kept for reuse (least recently used dropped first).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    default=False,
+    show_envvar=True,
+    help="Allow a tcp:// address other hosts can reach (needs --auth-token-file).",
+)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    show_envvar=True,
+    help="File holding the token every TCP request must send as 'Authorization: Bearer <token>'.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    show_envvar=True,
+    help="A further name TCP requests may give in Host or Origin (besides localhost and the listen address).",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print version information (as the version command) and exit.",
+)
+@click.option(
     "--store",
     "store_url",
     default=None,
@@ -269,6 +387,17 @@ def main(
     provider_opts: tuple[str, ...],
     sync_interval: float | None,
     provider_timeout: float,
+    log_format: str,
+    request_timeout: float,
+    min_body_rate: int,
+    max_connections: int,
+    max_buffered: int,
+    max_batch: int,
+    max_batch_bytes: int,
+    describe_cache: int,
+    allow_remote: bool,
+    auth_token_file: str | None,
+    allow_hosts: tuple[str, ...],
     store_url: str | None,
     etcd_cacert: str | None,
     etcd_cert: str | None,
@@ -281,11 +410,11 @@ def main(
 ) -> None:
     """InfraKit instance plugin: serves InfraKit's Instance API (0.1.0 to 0.6.1) on a
     unix socket and keeps every instance in one JSON state file."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     if ctx.invoked_subcommand is not None:
         return
     from .provider import ProviderError
-    from .server import Config, SocketInUse, run
+    from .server import Config, EdgeError, SocketInUse, check_edge, run
 
     try:
         mode = int(socket_mode, 8)
@@ -300,6 +429,14 @@ def main(
         raise click.BadParameter("use unix:///path or tcp://host:port", param_hint="--listen")
     if listen.startswith("tcp://") and not listen[6:].rpartition(":")[2].isdigit():
         raise click.BadParameter("tcp:// needs host:port, e.g. tcp://127.0.0.1:24864", param_hint="--listen")
+    token = None
+    if auth_token_file is not None:
+        with open(auth_token_file, "rb") as f:
+            token = f.read().strip()
+        if not token or any(c <= 32 or c > 126 for c in token):
+            raise click.BadParameter(
+                "the token file must hold one token of printable ASCII characters", param_hint="--auth-token-file"
+            )
     etcd = None
     if store_url:
         etcd = _etcd_options(
@@ -320,7 +457,21 @@ def main(
         provider=_load_provider(provider_spec, provider_config, provider_opts),
         provider_timeout=provider_timeout,
         sync_interval=sync_interval,
+        request_timeout=request_timeout,
+        min_body_rate=min_body_rate,
+        max_connections=max_connections,
+        max_buffered=max_buffered,
+        max_batch=max_batch,
+        max_batch_bytes=max_batch_bytes,
+        describe_cache=describe_cache,
+        allow_remote=allow_remote,
+        auth_token=token,
+        allow_hosts=allow_hosts,
     )
+    try:
+        check_edge(config)
+    except EdgeError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         code = run(config)
     except (SocketInUse, StateError, StoreError) as exc:
@@ -377,20 +528,7 @@ def _etcd_options(
 @main.command()
 def version() -> None:
     """Print version information: this package, the implementation, uvloop and orjson."""
-    import orjson
-
-    try:
-        import uvloop
-
-        uv = getattr(uvloop, "__version__", "unknown")
-    except ImportError:
-        uv = "not installed (asyncio event loop)"
-    click.echo(f"infrakit-instance {__version__}")
-    click.echo(f"implementation: {IMPLEMENTATION}")
-    click.echo(f"python: {sys.version.split()[0]}")
-    click.echo(f"uvloop: {uv}")
-    click.echo(f"orjson: {orjson.__version__}")
-    click.echo("instance API: 0.1.0 0.3.0 0.5.0 0.6.0 0.6.1")
+    click.echo(_version_text())
 
 
 main.add_command(state_group)

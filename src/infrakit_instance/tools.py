@@ -27,6 +27,18 @@ def _path(ctx: click.Context, path: str | None) -> str:
     )
 
 
+def _existing(ctx: click.Context, path: str | None) -> str:
+    """The state file to work on; a missing one is a usage error (exit 2) naming it,
+    never a new empty state."""
+    path = _path(ctx, path)
+    if path.startswith("etcd://"):
+        return path  # an etcd prefix: read as it is
+    if not os.path.isfile(path):
+        what = "is not a regular file" if os.path.exists(path) else "does not exist"
+        raise click.UsageError(f"state file {path} {what}")
+    return path
+
+
 @click.group("state")
 def state_group() -> None:
     """Inspect and maintain a state file (the plugin's --state, or PATH), or an etcd:// prefix."""
@@ -126,10 +138,8 @@ def check(ctx: click.Context, path: str | None) -> None:
         click.echo(f"  instances: {len(state.instances)}")
         click.echo(f"  non-functional: {len(state.nonfunctional)}")
         return
+    path = _existing(ctx, path)
     journal = path + ".journal"
-    if not os.path.exists(path):
-        click.echo(f"{path}: no such file (the plugin starts with no instances)")
-        return
     try:
         raw = open(path, "rb").read()
         image = rolled_back(path, journal)
@@ -169,8 +179,8 @@ def check(ctx: click.Context, path: str | None) -> None:
 def compact(ctx: click.Context, path: str | None) -> None:
     """Recover and rewrite the file without the whitespace removals leave.
     Refuses while a plugin has the file open."""
-    path = _path(ctx, path)
-    before = os.path.getsize(path) if os.path.exists(path) else 0
+    path = _existing(ctx, path)
+    before = os.path.getsize(path)
 
     async def run() -> None:
         store = FileStore(path)
@@ -202,7 +212,7 @@ def compact(ctx: click.Context, path: str | None) -> None:
 @click.pass_context
 def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties: bool, nonfunctional: bool) -> None:
     """Print the instances as DescribeInstances would (JSON)."""
-    path = _path(ctx, path)
+    path = _existing(ctx, path)
     wanted: dict[str, str] = {}
     for t in tags:
         key, sep, value = t.partition("=")
