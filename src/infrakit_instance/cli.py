@@ -531,4 +531,20 @@ def version() -> None:
     click.echo(_version_text())
 
 
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def examples(directory: str) -> None:
+    """Copy the exec provider's example (a script for every hook and its config) into DIRECTORY."""
+    from .examples import copy_examples
+
+    try:
+        script, config = copy_examples(directory)
+    except FileExistsError as exc:
+        raise click.UsageError(f"{exc}: choose another directory") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the examples: {exc}") from None
+    click.echo(f"wrote {script} and {config}; run the plugin with them:")
+    click.echo(f"  infrakit-instance --provider exec --provider-config {config} --sync-interval 30")
+
+
 main.add_command(state_group)

@@ -565,7 +565,10 @@ class Server:
         if unix_path is None:
             host, _, port = listen[6:].rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
-            sock = socket.create_server((host, int(port)), family=_family(host), backlog=1024)
+            try:
+                sock = socket.create_server((host, int(port)), family=_family(host), backlog=1024)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
             bound = sock.getsockname()
             self._port = str(bound[1])
             self._hosts = {"localhost", "127.0.0.1", "::1", host.lower(), str(bound[0]).lower()}
@@ -586,6 +589,9 @@ class Server:
             old = os.umask(0o777 & ~self.config.socket_mode)
             try:
                 sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"cannot listen on unix://{path}: {exc.strerror}") from None
             finally:
                 os.umask(old)
             os.chmod(path, self.config.socket_mode)

@@ -3,7 +3,8 @@
 # by files in $DEVICES_DIR (set it with the provider's env option).  A file's
 # content is the device's health: healthy or broken; no file: the device is gone.
 #
-#   infrakit-instance --provider exec --provider-config examples/exec_devices.json
+#   infrakit-instance examples DIR     # copies this script and its config into DIR
+#   infrakit-instance --provider exec --provider-config DIR/exec_devices.json
 #
 # The hook is the script's first argument (INFRAKIT_HOOK says it too).  Each hook
 # gets a JSON document on stdin and INFRAKIT_* environment variables; it fails by
@@ -12,7 +13,7 @@
 set -eu
 
 dir=${DEVICES_DIR:?"set DEVICES_DIR in the exec provider option env"}
-[ -d "$dir" ] || { echo "devices directory $dir does not exist" >&2; exit 1; }
+mkdir -p "$dir" || { echo "cannot create the devices directory $dir" >&2; exit 1; }
 
 case "${1:-$INFRAKIT_HOOK}" in
 validate)
