@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from etcd_cluster import EtcdCluster
+from infrakit_instance import examples
 from plugin_proc import Client, Plugin, spec, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-FLAKY = ROOT / "examples" / "flaky_devices.py"
+FLAKY = Path(examples.__file__).parent / "flaky_devices.py"
 
 
 def describe_ids(p: Plugin, **tags: str) -> list[str]:
