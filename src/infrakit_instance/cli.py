@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -308,6 +308,69 @@ class _Main(click.Group):
     callback=_print_version,
     help="Print version information (as the version command) and exit.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    show_envvar=True,
+    help=(
+        "Keep the state in etcd instead of the state file: etcd://host:port[,host:port...]/prefix"
+        " (one replica per manager may share a prefix). [default: the --state file]"
+    ),
+)
+@click.option(
+    "--etcd-cacert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="CA bundle that signs etcd's server certificates (TLS).",
+)
+@click.option(
+    "--etcd-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="Client certificate for etcd (TLS).",
+)
+@click.option(
+    "--etcd-key", type=click.Path(dir_okay=False), default=None, show_envvar=True, help="Client key for etcd (TLS)."
+)
+@click.option(
+    "--etcd-user",
+    default=None,
+    show_envvar=True,
+    help="etcd user; the password comes from --etcd-password-file or INFRAKIT_INSTANCE_ETCD_PASSWORD.",
+)
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="File holding the etcd user's password.",
+)
+@click.option(
+    "--etcd-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a change may wait for etcd to commit it (retries included) before it fails with -32000.",
+)
+@click.option(
+    "--max-txn-ops",
+    type=click.IntRange(2),
+    default=128,
+    show_default=True,
+    show_envvar=True,
+    help="Operations per etcd transaction when concurrent changes are committed together (etcd's --max-txn-ops).",
+)
+@click.option(
+    "--consistent-reads",
+    is_flag=True,
+    default=False,
+    show_envvar=True,
+    help="With etcd: each Describe first catches up with a quorum revision (every replica's acknowledged changes).",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -335,6 +398,15 @@ def main(
     allow_remote: bool,
     auth_token_file: str | None,
     allow_hosts: tuple[str, ...],
+    store_url: str | None,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    etcd_user: str | None,
+    etcd_password_file: str | None,
+    etcd_timeout: float,
+    max_txn_ops: int,
+    consistent_reads: bool,
 ) -> None:
     """InfraKit instance plugin: serves InfraKit's Instance API (0.1.0 to 0.6.1) on a
     unix socket and keeps every instance in one JSON state file."""
@@ -365,7 +437,15 @@ def main(
             raise click.BadParameter(
                 "the token file must hold one token of printable ASCII characters", param_hint="--auth-token-file"
             )
+    etcd = None
+    if store_url:
+        etcd = _etcd_options(
+            store_url, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_timeout, max_txn_ops
+        )
+        etcd.consistent_reads = consistent_reads
     config = Config(
+        store_url=store_url or "",
+        etcd=etcd,
         name=name,
         listen=listen,
         state=state or state_path(name),
@@ -404,6 +484,45 @@ def main(
         click.echo(f"infrakit-instance: {exc}", err=True)
         sys.exit(1)
     sys.exit(code)
+
+
+def _etcd_options(
+    url: str,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    user: str | None,
+    password_file: str | None,
+    timeout: float,
+    max_txn_ops: int,
+) -> Any:
+    """The etcd options, or a click error saying what is wrong with the URL or the credentials."""
+    from .store.etcd import EtcdOptions, parse_url, password_from
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
+    if bool(cert) != bool(key):
+        raise click.BadParameter("give both --etcd-cert and --etcd-key, or neither", param_hint="--etcd-cert")
+    try:
+        password = password_from(password_file)
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-password-file") from None
+    if user and password is None:
+        raise click.BadParameter(
+            "--etcd-user needs a password: --etcd-password-file or INFRAKIT_INSTANCE_ETCD_PASSWORD",
+            param_hint="--etcd-user",
+        )
+    return EtcdOptions(
+        cacert=cacert,
+        cert=cert,
+        key=key,
+        user=user,
+        password=password if user else None,
+        timeout=timeout,
+        max_txn_ops=max_txn_ops,
+    )
 
 
 @main.command()

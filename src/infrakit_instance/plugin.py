@@ -241,7 +241,7 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         return Pending(fut, _OK % type_json)
 
-    def describe(self, params: dict[str, Any]) -> bytes | Parts:
+    def describe(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
         tags = _string_map(params.get("Tags"), "Tags")
         properties = params.get("Properties", False)
@@ -249,10 +249,22 @@ class Plugin:
             properties = False
         if not isinstance(properties, bool):
             raise _params_error('"Properties" must be true or false')
+        barrier = self.store.read_barrier()
+        if barrier is not None:
+            return self._describe_after(barrier, type_json, tags or None, properties)
         descriptions = self.store.describe(tags or None, properties)
         if len(descriptions) < _BIG:
             return codec.describe_result(type_json, descriptions)
         return Parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
+
+    async def _describe_after(
+        self, barrier: Awaitable[None], type_json: bytes, tags: dict[str, str] | None, properties: bool
+    ) -> bytes:
+        try:
+            await barrier
+        except StoreError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return codec.describe_result(type_json, self.store.describe(tags, properties))
 
     async def _provider_call(
         self,

@@ -82,6 +82,9 @@ class Config:
     allow_remote: bool = False
     auth_token: bytes | None = None
     allow_hosts: tuple[str, ...] = ()
+    # etcd://host:port,.../prefix instead of the state file, and its options (store.etcd.EtcdOptions).
+    store_url: str = ""
+    etcd: Any = None
 
 
 #: Seconds between syncs with a provider other than the logical one, unless configured.
@@ -479,13 +482,14 @@ class Server:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         State.cache_bytes = config.describe_cache
-        self.store = store or FileStore(config.state, fsync=config.fsync)
+        self.store = store or _make_store(config)
         provider = BoundedProvider(config.provider or LogicalProvider(), config.provider_timeout)
         self.plugin = Plugin(self.store, provider, config.name)
         interval = config.sync_interval
         if interval is None:
             interval = 0.0 if provider.logical else DEFAULT_SYNC_INTERVAL
         self.syncer = Syncer(self.store, provider, interval)
+        self.election: Any = None  # with etcd and a provider: who runs the sync loop
         self.dispatcher = Dispatcher(self.plugin.methods, config.max_batch, config.max_batch_bytes)
         self.api_info = self.plugin.api_info()
         self.connections: set[Connection] = set()
@@ -551,7 +555,14 @@ class Server:
         gc.collect()
         gc.freeze()
         await self.plugin.provider.start()
-        self.syncer.start()
+        if self.config.store_url and not self.plugin.provider.logical:
+            from .store.election import Election
+
+            # One sync loop among the replicas: the one holding the election key.
+            self.election = Election(self.store, on_elected=self.syncer.start, on_lost=self.syncer.stop)
+            self.election.start()
+        else:
+            self.syncer.start()
         if unix_path is None:
             host, _, port = listen[6:].rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
@@ -678,6 +689,8 @@ class Server:
         self._pause_accepting()
         if self._lsock is not None:
             self._lsock.close()
+        if self.election is not None:
+            await self.election.stop()
         await self.syncer.stop()
         for path in (self._socket_path, self._listen_file):
             if path:
@@ -702,6 +715,14 @@ class Server:
         except ProviderError as exc:
             log.error("provider: %s", exc)
         await self.store.close()
+
+
+def _make_store(config: Config) -> Store:
+    if config.store_url:
+        from .store.etcd import EtcdStore
+
+        return EtcdStore(config.store_url, config.etcd)
+    return FileStore(config.state, fsync=config.fsync)
 
 
 def _family(host: str) -> socket.AddressFamily:

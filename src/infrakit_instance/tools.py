@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import click
 import orjson
 
 from .paths import DEFAULT_NAME, state_path
-from .state import StateError
-from .store import FileStore, StoreLocked, compacted_size, load_state_bytes
+from .state import State, StateError
+from .store import FileStore, StoreError, StoreLocked, compacted_size, load_state_bytes
 from .store.damage import salvage as salvage_elements
 from .store.file import inspect_state
 
@@ -22,13 +23,17 @@ def _path(ctx: click.Context, path: str | None) -> str:
     if path:
         return path
     root = ctx.find_root()
-    return root.params.get("state") or state_path(root.params.get("name") or DEFAULT_NAME)
+    return (
+        root.params.get("store_url") or root.params.get("state") or state_path(root.params.get("name") or DEFAULT_NAME)
+    )
 
 
 def _existing(ctx: click.Context, path: str | None) -> str:
     """The state file to work on; a missing one is a usage error (exit 2) naming it,
     never a new empty state."""
     path = _path(ctx, path)
+    if path.startswith("etcd://"):
+        return path  # an etcd prefix: read as it is
     if not os.path.isfile(path):
         what = "is not a regular file" if os.path.exists(path) else "does not exist"
         raise click.UsageError(f"state file {path} {what}")
@@ -37,7 +42,85 @@ def _existing(ctx: click.Context, path: str | None) -> str:
 
 @click.group("state")
 def state_group() -> None:
-    """Inspect and maintain a state file (the plugin's --state, or PATH)."""
+    """Inspect and maintain a state file (the plugin's --state, or PATH), or an etcd:// prefix."""
+
+
+def _etcd_options(ctx: click.Context) -> Any:
+    """The etcd options given to the plugin's command (``--etcd-*``, ``--max-txn-ops``)."""
+    from .cli import _etcd_options as options
+
+    p = ctx.find_root().params
+    return options(
+        "etcd://x:1/p",
+        p.get("etcd_cacert"),
+        p.get("etcd_cert"),
+        p.get("etcd_key"),
+        p.get("etcd_user"),
+        p.get("etcd_password_file"),
+        p.get("etcd_timeout") or 5.0,
+        p.get("max_txn_ops") or 128,
+    )
+
+
+def _read_etcd(ctx: click.Context, url: str) -> tuple[State, int]:
+    from .store.etcd import parse_url, read_prefix
+
+    try:
+        where = parse_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    options = _etcd_options(ctx)
+    options.start_timeout = options.timeout
+    try:
+        return asyncio.run(read_prefix(where, options))
+    except (StoreError, StateError) as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+
+
+def _read_file(path: str) -> State:
+    if not os.path.exists(path):
+        click.echo(f"infrakit-instance: {path}: no such file", err=True)
+        sys.exit(2)
+    try:
+        return load_state_bytes(inspect_state(path).image, path).state
+    except (StateError, OSError) as exc:
+        click.echo(f"infrakit-instance: {exc}", err=True)
+        sys.exit(1)
+
+
+@state_group.command("migrate")
+@click.argument("src")
+@click.argument("dst")
+@click.pass_context
+def migrate(ctx: click.Context, src: str, dst: str) -> None:
+    """Copy a state from SRC to DST, each a state file (the C plugin's included) or an
+    etcd://host:port,.../prefix URL, keeping every instance, its Spec and the order.
+    Refuses a destination that holds anything. Stop the plugins using either first."""
+    from .store.etcd import is_etcd_url, parse_url, write_prefix
+
+    state = _read_etcd(ctx, src)[0] if is_etcd_url(src) else _read_file(src)
+    if is_etcd_url(dst):
+        options = _etcd_options(ctx)
+        options.start_timeout = options.timeout
+        try:
+            asyncio.run(write_prefix(parse_url(dst), options, state))
+        except (StoreError, ValueError) as exc:
+            click.echo(f"infrakit-instance: {exc}", err=True)
+            sys.exit(1)
+    else:
+        if os.path.exists(dst) and os.path.getsize(dst) > 0:
+            click.echo(f"infrakit-instance: {dst} exists and is not empty: refusing to overwrite it", err=True)
+            sys.exit(1)
+        doc, _ = state.document(32)
+        tmp = dst + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(doc)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    click.echo(f"{src} -> {dst}: {len(state.instances)} instances, {len(state.nonfunctional)} non-functional")
 
 
 @state_group.command("check")
@@ -48,6 +131,15 @@ def check(ctx: click.Context, path: str | None) -> None:
 
     Exit status: 0 valid, 1 not usable (damage that is not a torn last append: see
     ``state salvage``), 2 no such file, 3 valid once the next start finishes recovery."""
+    path = _path(ctx, path)
+    from .store.etcd import is_etcd_url
+
+    if is_etcd_url(path):
+        state, keys = _read_etcd(ctx, path)
+        click.echo(f"{path}: valid state, {keys} keys")
+        click.echo(f"  instances: {len(state.instances)}")
+        click.echo(f"  non-functional: {len(state.nonfunctional)}")
+        return
     path = _existing(ctx, path)
     try:
         seen = inspect_state(path)
@@ -167,11 +259,16 @@ def show(ctx: click.Context, path: str | None, tags: tuple[str, ...], properties
         if not sep:
             raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
         wanted[key] = value
-    try:
-        state = load_state_bytes(inspect_state(path).image, path).state
-    except (StateError, OSError) as exc:
-        click.echo(f"infrakit-instance: {exc}", err=True)
-        sys.exit(1)
+    from .store.etcd import is_etcd_url
+
+    if is_etcd_url(path):
+        state = _read_etcd(ctx, path)[0]
+    else:
+        try:
+            state = load_state_bytes(inspect_state(path).image, path).state
+        except (StateError, OSError) as exc:
+            click.echo(f"infrakit-instance: {exc}", err=True)
+            sys.exit(1)
     if nonfunctional:
         records = [r for r in state.nonfunctional.values() if all(r.tags.get(k) == v for k, v in wanted.items())]
         from ._impl import codec
