@@ -6,15 +6,17 @@ Each ``--target NAME=COMMAND`` is a shell command starting a plugin; ``{socket}`
 that is already running. The tool starts a target, waits until it answers a handshake, runs the
 workload, stops it (SIGINT, then SIGTERM, then SIGKILL), and goes on to the next; rounds alternate.
 
-``--scaling 0,1000,10000`` measures describe/provision/destroy throughput against state size and
-writes a Markdown table, a JSON file and an SVG plot.
+``--scaling 0,1000,10000`` measures describe/provision/destroy throughput against state size;
+``--concurrency 1,4,16,64`` runs each ``--method`` at each number of connections. Both write a
+Markdown table, a JSON file and (with matplotlib, the ``bench`` extra) a plot. Every figure comes with
+the server's CPU time per request, read from /proc/PID/stat before and after each measured phase; the
+pid is the process that listens on the socket (SO_PEERCRED), or ``--pid-for NAME=PID``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -25,12 +27,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ikload  # noqa: E402  (a sibling file, not an installed package)
+import plots  # noqa: E402
 
 __all__ = [
     "TargetSpec",
@@ -41,7 +43,9 @@ __all__ = [
     "compare_markdown",
     "scaling",
     "scaling_markdown",
-    "render_svg",
+    "merge_rounds",
+    "sweep",
+    "sweep_markdown",
     "main",
 ]
 
@@ -185,12 +189,13 @@ class Running:
             path = sock or _find_socket(home / ".infrakit" / "plugins")
             if path is not None and path.exists():
                 try:
-                    ikload.probe(str(path), timeout=5.0)
+                    info = ikload.probe(str(path), timeout=5.0)
                 except (OSError, ikload.LoadError) as e:
                     last_error = str(e) or type(e).__name__
                 else:
                     self.address = f"unix://{path}"
-                    self.pid = _leaf_pid(self.proc.pid)
+                    # The process that listens (SO_PEERCRED), else the leaf under the shell.
+                    self.pid = info["pid"] or _leaf_pid(self.proc.pid)
                     return
             time.sleep(0.05)
         self._stop()
@@ -295,13 +300,27 @@ def _summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "peak_rss_kb": max(rss) if rss else None,
         "keepalive": rs[-1]["keepalive"],
         "client_cpu": med("client_cpu"),
+        "cpu_us": _med_cpu(rs),
     }
+
+
+def _med_cpu(rs: list[dict[str, Any]]) -> float | None:
+    """Median server CPU per request (µs) over runs that could read it."""
+    vals = [r["server_cpu"]["us_per_request"] for r in rs if r.get("server_cpu")]
+    vals = [v for v in vals if v is not None]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def _us(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.1f}"
 
 
 def _ratio(value: float | None, base: float | None) -> str:
     if value is None or not base:
         return "–"
-    return f"{value / base:.2f}×"
+    r = value / base
+    # Two decimals in the usual range; enough digits to tell small ratios apart, none for big ones.
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def compare_markdown(result: dict[str, Any], baseline: str) -> str:
@@ -310,23 +329,26 @@ def compare_markdown(result: dict[str, Any], baseline: str) -> str:
     lines = [
         f"Workload: {_describe_load(result['load'])}; {result['rounds']} round(s), median shown.",
         "",
-        "| target | ok req/s (min–max) | p50 ms | p99 ms | max ms | MB/s | errors | peak RSS MB | keep-alive "
-        f"| ikload CPU | req/s vs {baseline} | p99 vs {baseline} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | ok req/s (min–max) | p50 ms | p99 ms | max ms | server CPU µs/req | MB/s | errors "
+        f"| peak RSS MB | keep-alive | ikload CPU | req/s vs {baseline} | p99 vs {baseline} "
+        f"| CPU/req vs {baseline} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in s.items():
         rss = f"{m['peak_rss_kb'] / 1024:.1f}" if m["peak_rss_kb"] else "–"
         errs = ", ".join(f"{k}: {v}" for k, v in m["errors"].items()) or "0"
         lines.append(
             f"| {name} | {m['ok_rps']:,.1f} ({m['ok_rps_min']:,.0f}–{m['ok_rps_max']:,.0f}) | {m['p50_ms']} "
-            f"| {m['p99_ms']} | {m['max_ms']} | {(m['bytes_per_s'] or 0) / 1e6:.2f} | {errs} | {rss} "
+            f"| {m['p99_ms']} | {m['max_ms']} | {_us(m['cpu_us'])} | {(m['bytes_per_s'] or 0) / 1e6:.2f} "
+            f"| {errs} | {rss} "
             f"| {'yes' if m['keepalive'] else 'no'} "
             f"| {m['client_cpu']:.0%}{' †' if m['client_cpu'] > CLIENT_BOUND else ''} "
             f"| {_ratio(m['ok_rps'], base.get('ok_rps'))} "
-            f"| {_ratio(m['p99_ms'], base.get('p99_ms'))} |"
+            f"| {_ratio(m['p99_ms'], base.get('p99_ms'))} "
+            f"| {_ratio(m['cpu_us'], base.get('cpu_us'))} |"
         )
     for name, why in result["failures"].items():
-        lines.append(f"| {name} | failed: {why.splitlines()[0]} | | | | | | | | | | |")
+        lines.append(f"| {name} | failed: {why.splitlines()[0]} |" + " |" * 12)
     if any(m["client_cpu"] > CLIENT_BOUND for m in s.values()):
         lines += ["", CLIENT_BOUND_NOTE]
     return "\n".join(lines) + "\n"
@@ -486,10 +508,11 @@ def _cell(info: dict[str, Any], method: str, res: dict[str, Any]) -> dict[str, A
         "peak_rss_kb": srv.get("vmhwm_kb"),
         "keepalive": res["keepalive"],
         "client_cpu": res["client_cpu"],
+        "cpu_us": (res.get("server_cpu") or {}).get("us_per_request"),
     }
 
 
-def _merge_rounds(result: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
+def merge_rounds(result: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
     """(target, size, method) -> one cell, the median of its rounds' throughput."""
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for c in result["cells"]:
@@ -514,7 +537,7 @@ def _merge_rounds(result: dict[str, Any]) -> dict[tuple[str, int, str], dict[str
 
 
 def scaling_markdown(result: dict[str, Any], baseline: str) -> str:
-    merged = _merge_rounds(result)
+    merged = merge_rounds(result)
     names = result["targets"]
     others = [n for n in names if n != baseline]
     lines = [
@@ -524,10 +547,10 @@ def scaling_markdown(result: dict[str, Any], baseline: str) -> str:
         "† = ikload-bound.",
         "",
         "| state size | method | "
-        + " | ".join(f"{n} req/s | {n} p99 ms" for n in names)
+        + " | ".join(f"{n} req/s | {n} p99 ms | {n} CPU µs/req" for n in names)
         + "".join(f" | {n} vs {baseline}" for n in others)
         + " |",
-        "|---|---|" + "---|---|" * len(names) + "---|" * len(others),
+        "|---|---|" + "---|---|---|" * len(names) + "---|" * len(others),
     ]
     notes: list[str] = []
     for size in result["sizes"]:
@@ -536,9 +559,9 @@ def scaling_markdown(result: dict[str, Any], baseline: str) -> str:
             for n in names:
                 c = merged.get((n, size, method))
                 if c is None:
-                    row += ["–", "–"]
+                    row += ["–", "–", "–"]
                 elif c["status"] != "ok":
-                    row += [c["status"], ""]
+                    row += [c["status"], "", ""]
                     # A failure repeats at every size; one note per target and reason is enough.
                     where = n if c["status"] == "failed" else f"{n} at {size:,}"
                     note = f"{where}: {c['status']}" + (f" ({c['note'].splitlines()[0]})" if c.get("note") else "")
@@ -551,7 +574,11 @@ def scaling_markdown(result: dict[str, Any], baseline: str) -> str:
                         if CLIENT_BOUND_NOTE not in notes:
                             notes.append(CLIENT_BOUND_NOTE)
                     errs = sum(c["errors"].values())
-                    row += [f"{c['ok_rps']:,.1f}{mark}" + (f" ({errs} err)" if errs else ""), f"{c['p99_ms']}"]
+                    row += [
+                        f"{c['ok_rps']:,.1f}{mark}" + (f" ({errs} err)" if errs else ""),
+                        f"{c['p99_ms']}",
+                        _us(c.get("cpu_us")),
+                    ]
                     if c["capped"]:
                         note = (
                             f"{n} at {size:,}: prefill capped, reached {c['reached']:,} instances "
@@ -591,111 +618,158 @@ def scaling_markdown(result: dict[str, Any], baseline: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# SVG plot, written by hand so the tool needs nothing beyond ikload's own dependencies
+# Concurrency sweep
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# Methods whose answers depend on what the state holds: the sweep prefills before them.
+_NEEDS_STATE = ("describe", "describe-group", "describe-props", "destroy", "label")
 
 
-def render_svg(result: dict[str, Any]) -> str:
-    """One panel per method: ok req/s (log y) against state size (log x), a line per target.
+def sweep(
+    specs: list[TargetSpec],
+    methods: list[str],
+    levels: list[int],
+    *,
+    rounds: int,
+    duration: float,
+    warmup: float,
+    prefill: int,
+    group_size: int,
+    start_timeout: float,
+    keep_logs: Path | None,
+) -> dict[str, Any]:
+    """Each method at each number of connections, targets alternating: a fresh start of each target
+    per point (so a provision run never sees what the run before it added), a prefill of ``prefill``
+    instances before methods that read the state, ``warmup`` seconds untimed, ``duration`` timed."""
+    points: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    k = 0
+    for method in methods:
+        for n in levels:
+            for r in range(rounds):
+                order = _rounds_order(specs, k)
+                k += 1
+                for spec in order:
+                    base = {"target": spec.name, "method": method, "connections": n, "round": r + 1}
+                    if spec.name in failures:
+                        points.append({**base, "status": "failed", "note": failures[spec.name]})
+                        continue
+                    _log(f"[{method}, {n} connections, round {r + 1}/{rounds}] {spec.name}")
+                    try:
+                        with Running(spec, start_timeout, keep_logs) as srv:
+                            res = ikload.run_load(
+                                srv.address,
+                                mix=method,
+                                connections=n,
+                                duration=duration,
+                                warmup=warmup,
+                                prefill=prefill if method in _NEEDS_STATE else 0,
+                                group_size=group_size,
+                                pid=srv.pid,
+                            )
+                    except StartError as e:
+                        failures[spec.name] = str(e)
+                        _log(f"  FAILED: {e}")
+                        points.append({**base, "status": "failed", "note": str(e)})
+                        continue
+                    except (OSError, ikload.LoadError) as e:
+                        failures[spec.name] = f"{spec.name}: {e or type(e).__name__}"
+                        _log(f"  FAILED: {failures[spec.name]}")
+                        points.append({**base, "status": "failed", "note": failures[spec.name]})
+                        continue
+                    cpu = res.get("server_cpu") or {}
+                    point = {
+                        **base,
+                        "status": "ok",
+                        "ok_rps": res["ok_rps"],
+                        "requests": res["requests"],
+                        "p50_ms": res["latency_ms"]["p50"],
+                        "p99_ms": res["latency_ms"]["p99"],
+                        "errors": res["errors"],
+                        "cpu_us": cpu.get("us_per_request"),
+                        "server_cores": cpu.get("cores"),
+                        "client_cpu": res["client_cpu"],
+                        "keepalive": res["keepalive"],
+                        "prefilled": (res.get("prefill") or {}).get("reached", 0),
+                        "exit_code": srv.exit_code,
+                    }
+                    points.append(point)
+                    _log(
+                        f"  {point['ok_rps']:,.0f} req/s, CPU {_us(point['cpu_us'])} µs/request, "
+                        f"p99 {point['p99_ms']} ms"
+                    )
+    return {
+        "mode": "sweep",
+        "targets": [s.name for s in specs],
+        "methods": methods,
+        "levels": levels,
+        "rounds": rounds,
+        "duration": duration,
+        "warmup": warmup,
+        "prefill": prefill,
+        "group_size": group_size,
+        "points": points,
+        "failures": failures,
+    }
 
-    Size 0 has no place on a log axis, so it sits one decade left of the smallest non-zero size and
-    is labelled "0". Hollow markers are cells whose prefill was capped (plotted at the size reached).
-    """
-    merged = _merge_rounds(result)
+
+def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
+    merged = plots.sweep_points(result)
     names = result["targets"]
-    sizes = sorted(result["sizes"])
-    nonzero = [s for s in sizes if s > 0]
-    lo_x = math.log10(min(nonzero)) - 1 if nonzero else 0.0
-    hi_x = math.log10(max(nonzero)) if nonzero else 1.0
-    if hi_x <= lo_x:
-        hi_x = lo_x + 1
-    zero_x = lo_x
-    pad = (hi_x - lo_x) * 0.06  # keep end points off the frame
-    lo_x, hi_x = lo_x - pad, hi_x + pad
-
-    def xval(size: int) -> float:
-        return zero_x if size <= 0 else math.log10(size)
-
-    rates = [c["ok_rps"] for c in merged.values() if c.get("status") == "ok" and c.get("ok_rps", 0) > 0]
-    lo_y = math.floor(math.log10(min(rates))) if rates else 0
-    hi_y = math.ceil(math.log10(max(rates))) if rates else 1
-    if hi_y <= lo_y:
-        hi_y = lo_y + 1
-
-    pw, ph, ml, mr, mt, mb = 330, 250, 70, 20, 60, 55
-    width = len(SCALING_METHODS) * (pw + ml + mr) + 10
-    height = ph + mt + mb + 40
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
-        f"Throughput vs state size ({result['connections']} connections)</text>",
+    others = [n for n in names if n != baseline]
+    lines = [
+        f"Concurrency sweep: {result['duration']:g} s per point after {result['warmup']:g} s of warm-up, a fresh "
+        f"start of every target per point, targets alternating, {result['rounds']} round(s) (median); "
+        f"describe/destroy/label points prefilled with {result['prefill']:,} instances in groups of "
+        f"{result['group_size']:,}. CPU is the server's user+system time per answered request (/proc/PID/stat). "
+        "† = ikload-bound.",
+        "",
+        "| method | connections | "
+        + " | ".join(f"{n} req/s | {n} CPU µs/req" for n in names)
+        + "".join(f" | {n} req/s vs {baseline} | {n} CPU vs {baseline}" for n in others)
+        + " |",
+        "|---|---|" + "---|---|" * len(names) + "---|---|" * len(others),
     ]
-    for i, method in enumerate(SCALING_METHODS):
-        ox = 10 + i * (pw + ml + mr) + ml
-        oy = mt
-
-        def px(v: float, ox: float = ox) -> float:
-            return ox + (v - lo_x) / (hi_x - lo_x) * pw
-
-        def py(v: float, oy: float = oy) -> float:
-            return oy + ph - (v - lo_y) / (hi_y - lo_y) * ph
-
-        out.append(
-            f'<text x="{ox + pw / 2}" y="{oy - 10}" text-anchor="middle" font-size="14" '
-            f'font-weight="bold">{escape(method)}</text>'
-        )
-        out.append(f'<rect x="{ox}" y="{oy}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
-        for d in range(lo_y, hi_y + 1):
-            y = py(d)
-            out.append(f'<line x1="{ox}" y1="{y:.1f}" x2="{ox + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-            out.append(f'<text x="{ox - 6}" y="{y + 4:.1f}" text-anchor="end">{_si(10**d)}</text>')
-        for s in sizes:
-            x = px(xval(s))
-            out.append(f'<line x1="{x:.1f}" y1="{oy}" x2="{x:.1f}" y2="{oy + ph}" stroke="#eee"/>')
-            out.append(f'<text x="{x:.1f}" y="{oy + ph + 16}" text-anchor="middle">{_si(s)}</text>')
-        out.append(f'<text x="{ox + pw / 2}" y="{oy + ph + 36}" text-anchor="middle">instances in state (log)</text>')
-        out.append(
-            f'<text transform="translate({ox - 50},{oy + ph / 2}) rotate(-90)" '
-            f'text-anchor="middle">ok requests/s (log)</text>'
-        )
-        for j, name in enumerate(names):
-            color = _COLORS[j % len(_COLORS)]
-            pts = []
-            for s in sizes:
-                c = merged.get((name, s, method))
-                if c and c.get("status") == "ok" and c["ok_rps"] > 0:
-                    x = px(xval(c["reached"] if c["capped"] else s))
-                    pts.append((x, py(math.log10(c["ok_rps"])), c["capped"], c["ok_rps"]))
-            if len(pts) > 1:
-                path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in pts)
-                out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-            for x, y, capped, v in pts:
-                fill = "white" if capped else color
-                out.append(
-                    f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{fill}" stroke="{color}" '
-                    f'stroke-width="2"><title>{escape(name)}: {v:,.1f} req/s</title></circle>'
-                )
-    ly = height - 14
-    lx = 10 + ml
-    for j, name in enumerate(names):
-        color = _COLORS[j % len(_COLORS)]
-        out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 24}" y2="{ly - 4}" stroke="{color}" stroke-width="3"/>')
-        out.append(f'<text x="{lx + 30}" y="{ly}">{escape(name)}</text>')
-        lx += 40 + 8 * len(name)
-    out.append(f'<circle cx="{lx + 6}" cy="{ly - 4}" r="4" fill="white" stroke="#444" stroke-width="2"/>')
-    out.append(f'<text x="{lx + 16}" y="{ly}">prefill capped (plotted at size reached)</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    bound = False
+    for method in result["methods"]:
+        for level in result["levels"]:
+            row = [method, str(level)]
+            for n in names:
+                p = merged.get((n, method, level))
+                if p is None:
+                    row += ["–", "–"]
+                    continue
+                mark = ""
+                if p["client_cpu"] > CLIENT_BOUND:
+                    mark, bound = " †", True
+                errs = sum(p["errors"].values())
+                row += [f"{p['ok_rps']:,.1f}{mark}" + (f" ({errs} err)" if errs else ""), _us(p["cpu_us"])]
+            b = merged.get((baseline, method, level))
+            for n in others:
+                p = merged.get((n, method, level))
+                if p is None or b is None:
+                    row += ["–", "–"]
+                else:
+                    row += [_ratio(p["ok_rps"], b["ok_rps"]), _ratio(p["cpu_us"], b["cpu_us"])]
+            lines.append("| " + " | ".join(row) + " |")
+    notes = [f"- {n}: {why.splitlines()[0]}" for n, why in result["failures"].items()]
+    if bound:
+        notes.append(f"- {CLIENT_BOUND_NOTE}")
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
 
 
-def _si(v: float) -> str:
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if v >= div:
-            return f"{v / div:g}{suffix}"
-    return f"{v:g}"
+def _draw(kind: str, result: dict[str, Any], path: Path | None, labels: dict[str, str]) -> None:
+    if path is None:
+        return
+    if not plots.have_matplotlib():
+        _log(f"no plot: {plots.MISSING}")
+        return
+    if kind == "scaling":
+        plots.plot_scaling(result, path, merge_rounds(result), labels)
+    else:
+        plots.plot_sweep(result, path, labels)
+    _log(f"plot: {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,7 +782,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one ikload workload against several InfraKit instance plugins, side by side.",
         epilog="Example: compare.py --target ours='infrakit-instance --listen unix://{socket} --state {state}' "
         "--target c='HOME={home} /path/to/infrakit-instance-c --name x --state {state}' "
-        "--baseline c --scaling 0,1000,10000 --out-md /tmp/scaling.md",
+        "--baseline c --scaling 0,1000,10000 --out-md /tmp/scaling.md. "
+        "A target the user starts: --target go='unix:///path/to/socket' (its pid from SO_PEERCRED, or --pid-for).",
     )
     p.add_argument(
         "--target",
@@ -730,7 +805,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=PID",
-        help="pid of an already running target, for its RSS",
+        help="pid of an already running target, for its CPU time and RSS (default: the socket's peer, by SO_PEERCRED)",
     )
     p.add_argument("--baseline", help="target the ratios are against (default: the first)")
     p.add_argument("--rounds", type=int, default=None, help="repeats, targets alternating (3; scaling 1)")
@@ -742,12 +817,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--group-size", type=int, default=10)
     p.add_argument("--scaling", metavar="SIZES", help="comma-separated state sizes, e.g. 0,1000,10000,100000")
+    p.add_argument(
+        "--concurrency",
+        metavar="LEVELS",
+        help="sweep: comma-separated numbers of connections, e.g. 1,4,16,64; each --method at each, "
+        "targets alternating, a fresh start per point (--duration, --warmup; --prefill for describe/destroy/label)",
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help=f"sweep: a method to sweep (repeatable; default: --mix); one of {', '.join(ikload.METHODS)}",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="how a target is named in plots (defaults: c is 'C plugin', go 'Go file plugin')",
+    )
     p.add_argument("--max-seconds", type=float, default=5.0, help="cap of each scaling measurement (5)")
     p.add_argument("--max-prefill-seconds", type=float, default=60.0, help="cap of each scaling prefill (60)")
     p.add_argument("--start-timeout", type=float, default=15.0, help="seconds for a target to answer (15)")
-    p.add_argument("--out-md", type=Path, help="Markdown table (JSON and SVG default next to it)")
+    p.add_argument("--out-md", type=Path, help="Markdown table (JSON and PNG plot default next to it)")
     p.add_argument("--out-json", type=Path)
-    p.add_argument("--out-svg", type=Path, help="scaling plot")
+    p.add_argument(
+        "--out-plot", "--out-svg", type=Path, help="plot of a scaling or sweep run (.png or .svg; needs matplotlib)"
+    )
     p.add_argument("--keep-logs", type=Path, help="copy each started target's output into this folder")
     return p
 
@@ -759,7 +855,37 @@ def main(argv: list[str] | None = None) -> int:
     if baseline not in {s.name for s in specs}:
         raise SystemExit(f"compare: --baseline {baseline!r} is not a target")
     out_json = args.out_json or (args.out_md.with_suffix(".json") if args.out_md else None)
-    if args.scaling:
+    labels = dict(_split(x, "--label") for x in args.label)
+    out_plot = args.out_plot or (args.out_md.with_suffix(".png") if args.out_md else None)
+    if (args.scaling or args.concurrency) and out_plot is None:
+        out_plot = Path(tempfile.mkdtemp(prefix="compare-", dir="/tmp")) / "plot.png"
+    if args.scaling and args.concurrency:
+        raise SystemExit("compare: --scaling and --concurrency are separate runs")
+    if args.concurrency:
+        try:
+            levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
+            methods = args.method or [args.mix]
+            for m in methods:
+                ikload.parse_mix(m)
+        except (ValueError, ikload.LoadError) as e:
+            raise SystemExit(f"compare: {e}") from None
+        if not levels or levels[0] < 1:
+            raise SystemExit("compare: --concurrency wants positive numbers of connections")
+        result = sweep(
+            specs,
+            methods,
+            levels,
+            rounds=args.rounds or 1,
+            duration=args.duration,
+            warmup=args.warmup,
+            prefill=args.prefill,
+            group_size=args.group_size,
+            start_timeout=args.start_timeout,
+            keep_logs=args.keep_logs,
+        )
+        md = sweep_markdown(result, baseline)
+        _draw("sweep", result, out_plot, labels)
+    elif args.scaling:
         if any(s.command is None for s in specs):
             raise SystemExit("compare: --scaling needs fresh state per size: give commands, not running servers")
         sizes = sorted({int(x) for x in args.scaling.split(",") if x.strip()})
@@ -775,11 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_logs=args.keep_logs,
         )
         md = scaling_markdown(result, baseline)
-        out_svg = args.out_svg or (args.out_md.with_suffix(".svg") if args.out_md else None)
-        if out_svg is None:
-            out_svg = Path(tempfile.mkdtemp(prefix="compare-", dir="/tmp")) / "scaling.svg"
-        out_svg.write_text(render_svg(result))
-        _log(f"plot: {out_svg}")
+        _draw("scaling", result, out_plot, labels)
     else:
         load = {
             "mix": args.mix,
@@ -797,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         md = compare_markdown(result, baseline)
     result["baseline"] = baseline
+    result["labels"] = labels
     print(md)
     if args.out_md:
         args.out_md.write_text(md)

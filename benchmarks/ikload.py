@@ -20,6 +20,8 @@ import math
 import os
 import random
 import re
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,7 @@ METHODS: dict[str, str] = {
     "validate": "Instance.Validate",
     "handshake": "Handshake.Hello",
     "implements": "Plugin.Implements",
+    "handshake-implements": "Handshake.Implements",
 }
 _NEEDS_OWN_ID = frozenset({"destroy", "label"})
 
@@ -169,6 +172,7 @@ class Session:
     group_size: int = 10
     seed: int | None = None
     keepalive: bool | None = None  # None until the probe has looked
+    peer_pid: int | None = None  # the server's pid from SO_PEERCRED, when the probe could see it
     own_ids: collections.deque[str] = field(default_factory=collections.deque)
     provisioned: int = 0  # provisions issued so far; spreads them over groups of group_size
     rng: random.Random = field(init=False)
@@ -235,6 +239,7 @@ _STATIC: dict[str, Callable[[], tuple[bytes, bytes]]] = {
     ),
     "handshake": lambda: _template(METHODS["handshake"], b"{}"),
     "implements": lambda: _template(METHODS["implements"], b"{}"),
+    "handshake-implements": lambda: _template(METHODS["handshake-implements"], b"{}"),
 }
 
 
@@ -278,7 +283,20 @@ _T = TypeVar("_T")
 class _Phase:
     """Counters of one timed (or warmup, or prefill) part."""
 
-    __slots__ = ("lat", "errors", "count", "ok", "bytes", "substituted", "t0", "t1", "cpu0", "cpu1")
+    __slots__ = (
+        "lat",
+        "errors",
+        "count",
+        "ok",
+        "bytes",
+        "substituted",
+        "t0",
+        "t1",
+        "cpu0",
+        "cpu1",
+        "server_cpu0",
+        "server_cpu1",
+    )
 
     def __init__(self, kinds: list[str]) -> None:
         self.lat: dict[str, list[float]] = {k: [] for k in kinds}
@@ -289,6 +307,21 @@ class _Phase:
         self.substituted = 0
         self.t0 = self.t1 = time.perf_counter()
         self.cpu0 = self.cpu1 = time.process_time()
+        self.server_cpu0: float | None = None
+        self.server_cpu1: float | None = None
+
+    def server_cpu(self) -> dict[str, Any] | None:
+        """The server's CPU time over this phase: total, per answered request, and in cores."""
+        if self.server_cpu0 is None or self.server_cpu1 is None:
+            return None
+        used = max(0.0, self.server_cpu1 - self.server_cpu0)
+        wall = max(self.t1 - self.t0, 1e-9)
+        return {
+            "seconds": round(used, 3),
+            "us_per_request": round(used / self.count * 1e6, 2) if self.count else None,
+            "cores": round(used / wall, 3),
+            "resolution_s": round(1 / _CLK_TCK, 4),
+        }
 
     def report(self) -> dict[str, Any]:
         wall = max(self.t1 - self.t0, 1e-9)
@@ -312,6 +345,8 @@ class _Phase:
             "response_bytes_per_s": round(self.bytes / wall),
             # Near 1.0 means ikload itself was the bottleneck.
             "client_cpu": round((self.cpu1 - self.cpu0) / wall, 3),
+            # The server's user+system time (and its children's) over the phase, from /proc/PID/stat.
+            "server_cpu": self.server_cpu(),
         }
 
 
@@ -341,6 +376,77 @@ def _read_status_kb(pid: int, key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_ticks(pid: int) -> tuple[int, int] | None:
+    """(utime+stime, cutime+cstime) of ``pid`` in clock ticks, from /proc/PID/stat; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:  # fields 14-17 of proc(5), counted from the state (field 3) here
+        return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    except (IndexError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def server_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user+system) used so far by ``pid``, its live descendants and the children they reaped.
+
+    From /proc/PID/stat (clock-tick resolution, usually 10 ms); None if ``pid`` is gone. A child that
+    exits between two readings moves from "live" to its parent's reaped total, so differences stay right
+    once it is reaped.
+    """
+    own = _stat_ticks(pid)
+    if own is None:
+        return None
+    total = own[0] + own[1]
+    todo, seen = _children(pid), {pid}
+    while todo:
+        kid = todo.pop()
+        if kid in seen:
+            continue
+        seen.add(kid)
+        t = _stat_ticks(kid)
+        if t is not None:
+            total += t[0] + t[1]  # its own time and that of the children it reaped
+            todo.extend(_children(kid))
+    return total / _CLK_TCK
+
+
+def peer_pid(sock: Any) -> int | None:
+    """The pid of the process on the other end of a connected unix socket (SO_PEERCRED), if known."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None or sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    except (OSError, AttributeError, TypeError):
+        return None
+    pid = int(struct.unpack("3i", raw)[0])
+    # 0 when the server is in another pid namespace; check it is a process we can read.
+    return pid if pid > 0 and os.path.exists(f"/proc/{pid}/stat") else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,6 +706,8 @@ class _Driver:
         self.exhausted = False
         self.done_fut = self.loop.create_future()
         ticker = self.loop.create_task(self._tick())
+        if self.pid is not None:
+            phase.server_cpu0 = server_cpu_seconds(self.pid)
         phase.t0, phase.cpu0 = time.perf_counter(), time.process_time()
         for _ in range(self.connections):
             self._issue(self.idle.pop() if self.idle else None)
@@ -610,6 +718,8 @@ class _Driver:
         finally:
             ticker.cancel()
         phase.t1, phase.cpu1 = time.perf_counter(), time.process_time()
+        if self.pid is not None:
+            phase.server_cpu1 = server_cpu_seconds(self.pid)
         if self.progress:
             sys.stderr.write("\r\033[K")
         return phase
@@ -810,8 +920,10 @@ class _Probe:
             self.fut.set_result(None)
 
 
-async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any]]:
-    """Send Plugin.Implements twice on one connection; answer whether the second was answered.
+async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any], int | None]:
+    """Send Plugin.Implements twice on one connection: (second answered, the result, the server's pid).
+
+    The pid comes from the unix socket's peer credentials (SO_PEERCRED), None over TCP.
 
     Plugin.Implements is the one handshake every generation of plugin answers (the C plugin knows no
     other). Writes right after connecting: the C plugin exits when a connection closes unused.
@@ -822,21 +934,27 @@ async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any]]:
         opening = loop.create_unix_connection(lambda: _Conn(pr), target.path)
     else:
         opening = loop.create_connection(lambda: _Conn(pr), target.host, target.port)
-    _, conn = await asyncio.wait_for(opening, timeout)
+    transport, conn = await asyncio.wait_for(opening, timeout)
+    pid = peer_pid(transport.get_extra_info("socket")) if target.path is not None else None
     try:
-        first = await pr.ask(conn, "implements", timeout)
-        if first is None:
-            raise LoadError(f"{target}: closed the connection without answering Plugin.Implements")
-        status, body, close_after = first
+        # The oldest handshake first (the C plugin knows no other); InfraKit's own Go plugins answer only
+        # Handshake.Implements (0.5) or, in the last releases, only Handshake.Hello.
+        for kind in ("implements", "handshake-implements", "handshake"):
+            first = await pr.ask(conn, kind, timeout)
+            if first is None:
+                raise LoadError(f"{target}: closed the connection without answering {METHODS[kind]}")
+            status, body, close_after = first
+            if status != 200 or close_after or _classify(body) in (None, _BAD):
+                break
         if status != 200 or _classify(body) is not None:
-            raise LoadError(f"{target}: Plugin.Implements answered HTTP {status}: {body[:200]!r}")
+            raise LoadError(f"{target}: {METHODS[kind]} answered HTTP {status}: {body[:200]!r}")
         info = orjson.loads(body)["result"]
         if close_after:
-            return False, info
+            return False, info, pid
         # Give a server that closes after each answer a moment to do so before writing again.
         await asyncio.sleep(0.02)
-        second = await pr.ask(conn, "implements", timeout)
-        return second is not None and second[0] == 200, info
+        second = await pr.ask(conn, kind, timeout)
+        return second is not None and second[0] == 200, info, pid
     finally:
         if not conn.closed:
             conn.transport.close()
@@ -845,11 +963,11 @@ async def _probe(target: Target, timeout: float) -> tuple[bool, dict[str, Any]]:
 def probe(target: str | Target, timeout: float = 5.0) -> dict[str, Any]:
     """Handshake once; raise :class:`LoadError` or OSError when the plugin does not answer.
 
-    Returns ``{"keepalive": bool, "implements": <Plugin.Implements result>}``.
+    Returns ``{"keepalive": bool, "implements": <Plugin.Implements result>, "pid": <SO_PEERCRED pid or None>}``.
     """
     t = parse_target(target) if isinstance(target, str) else target
-    keepalive, info = _run(_probe(t, timeout))
-    return {"keepalive": keepalive, "implements": info}
+    keepalive, info, pid = _run(_probe(t, timeout))
+    return {"keepalive": keepalive, "implements": info, "pid": pid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,7 +1002,8 @@ def run_load(
     Stops issuing at ``duration`` seconds or after ``requests`` requests, whichever comes first
     (5 s if neither is given), then waits for the answers in flight: closing a connection with a
     request outstanding kills the C plugin (SIGPIPE). ``prefill`` provisions instances first with the
-    same concurrency (untimed, reported separately, capped by ``max_prefill_seconds``). Pass a
+    same concurrency (untimed, reported separately, capped by ``max_prefill_seconds``). ``pid`` is the
+    server's process, for its CPU time and RSS; without it a unix socket's peer credentials name it. Pass a
     :class:`Session` to carry provisioned ids over to a later call (e.g. a destroy run).
     """
     if duration is None and requests is None:
@@ -924,7 +1043,10 @@ async def _run_load(
     progress: bool,
 ) -> dict[str, Any]:
     if s.keepalive is None:
-        s.keepalive, _ = await _probe(s.target, timeout)
+        s.keepalive, _, s.peer_pid = await _probe(s.target, timeout)
+    pid_from = "given" if pid is not None else "SO_PEERCRED" if s.peer_pid is not None else None
+    if pid is None:
+        pid = s.peer_pid
     drv = _Driver(s, connections, timeout, progress, pid)
     out: dict[str, Any] = {
         "target": str(s.target),
@@ -947,6 +1069,7 @@ async def _run_load(
                 "rps": rep["ok_rps"],
                 "errors": rep["errors"],
                 "capped": ph.count < prefill,
+                "server_cpu": rep["server_cpu"],
             }
         if warmup:
             await drv.run_phase(mix, duration=warmup, requests=None, label="warmup")
@@ -963,6 +1086,7 @@ async def _run_load(
                 "rss_peak_kb_sampled": drv.peak_rss_kb or None,
                 "vmhwm_kb": _read_status_kb(pid, "VmHWM:"),
                 "rss_end_kb": _read_status_kb(pid, "VmRSS:"),
+                "pid_from": pid_from,
             }
     finally:
         await drv.close()
@@ -1076,7 +1200,18 @@ def _fmt_report(r: dict[str, Any]) -> str:
         lines.append("stopped early: no ids of ours left to destroy/label")
     if "server" in r:
         srv = r["server"]
-        lines.append(f"server rss  peak sampled {srv['rss_peak_kb_sampled']} kB, VmHWM {srv['vmhwm_kb']} kB")
+        lines.append(
+            f"server      pid {srv['pid']} ({srv.get('pid_from') or 'given'}), RSS peak sampled "
+            f"{srv['rss_peak_kb_sampled']} kB, VmHWM {srv['vmhwm_kb']} kB"
+        )
+    cpu = r.get("server_cpu")
+    if cpu:
+        lines.append(
+            f"server cpu  {cpu['us_per_request']} µs/request ({cpu['seconds']:.2f} s, "
+            f"{cpu['cores'] * 100:.0f}% of one core; /proc ticks of {cpu['resolution_s'] * 1e3:g} ms)"
+        )
+    elif r.get("target", "").startswith("tcp://") and "server" not in r:
+        lines.append("server cpu  unknown: give --pid for a TCP target")
     return "\n".join(lines)
 
 
@@ -1096,7 +1231,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prefill-seconds", type=float, help="stop the prefill after this long")
     p.add_argument("--group-size", type=int, default=10, help="instances per infrakit.group tag (10)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (30)")
-    p.add_argument("--pid", type=int, help="server pid: report its peak RSS")
+    p.add_argument(
+        "--pid",
+        type=int,
+        help="server pid, for its CPU per request and RSS (default: a unix socket's peer, by SO_PEERCRED)",
+    )
     p.add_argument("--seed", type=int, help="random seed (ids, groups, mix order)")
     p.add_argument("--progress", action="store_true", help="live progress line even if stderr is no tty")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -7,12 +7,14 @@ Starts ``infrakit-instance`` (or the command given with ``--command``, with
 ``{socket}`` and ``{state}`` filled in), prefills it, then runs a balanced mix
 (provisions and destroys in equal numbers, so the state size stays put, plus
 describes and labels) in chunks, printing the server's RSS after each chunk.
-RSS that keeps growing once the caches are warm is a leak.
+RSS that keeps growing once the caches are warm is a leak. ``--out-plot soak.png`` draws RSS over
+requests (needs matplotlib, the ``bench`` extra); ``--out-json`` keeps the samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -21,9 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ikload  # noqa: E402
+import plots  # noqa: E402
 
 MIX = "provision=4,destroy=4,describe-group=1,label=1,validate=1"
 
@@ -50,7 +55,12 @@ def main() -> int:
         default="infrakit-instance --log 2 --listen unix://{socket} --state {state}",
         help="the plugin to start ({socket} and {state} are filled in)",
     )
+    parser.add_argument("--out-json", type=Path, help="write the samples as JSON")
+    parser.add_argument("--out-plot", type=Path, help="plot RSS over requests (.png or .svg; needs matplotlib)")
     args = parser.parse_args()
+    if args.out_plot and not plots.have_matplotlib():
+        print(f"soak: no plot: {plots.MISSING}", file=sys.stderr)
+        args.out_plot = None
 
     folder = tempfile.mkdtemp(prefix="ik-soak-")
     sock, state = os.path.join(folder, "sock"), os.path.join(folder, "state.json")
@@ -69,20 +79,39 @@ def main() -> int:
                     return 1
                 time.sleep(0.05)
         session = ikload.Session(ikload.parse_target(sock), group_size=1000)
-        pre = ikload.run_load(sock, mix="provision=1", requests=args.prefill, session=session)
-        print(f"prefill {args.prefill} instances at {pre['ok_rps']:,.0f}/s; RSS {rss_kb(proc.pid)[0] / 1024:.1f} MB")
-        print(f"{'requests':>10} {'req/s':>9} {'errors':>7} {'RSS MB':>8} {'peak MB':>8} {'state MB':>9}")
+        pre = ikload.run_load(sock, mix="provision=1", requests=args.prefill, session=session, pid=proc.pid)
+        rss0 = rss_kb(proc.pid)[0]
+        print(f"prefill {args.prefill} instances at {pre['ok_rps']:,.0f}/s; RSS {rss0 / 1024:.1f} MB")
+        print(
+            f"{'requests':>10} {'req/s':>9} {'CPU µs/req':>10} {'errors':>7} {'RSS MB':>8} {'peak MB':>8} "
+            f"{'state MB':>9}"
+        )
         done = 0
         samples = []
+        record: list[dict[str, Any]] = []
         while done < args.requests:
             n = min(args.chunk, args.requests - done)
-            r = ikload.run_load(sock, mix=args.mix, requests=n, session=session, connections=args.connections)
+            r = ikload.run_load(
+                sock, mix=args.mix, requests=n, session=session, connections=args.connections, pid=proc.pid
+            )
             done += n
             rss, peak = rss_kb(proc.pid)
             samples.append(rss)
+            cpu = (r.get("server_cpu") or {}).get("us_per_request")
+            record.append(
+                {
+                    "requests": done,
+                    "ok_rps": r["ok_rps"],
+                    "cpu_us": cpu,
+                    "errors": r["error_total"],
+                    "rss_kb": rss,
+                    "peak_kb": peak,
+                    "state_bytes": os.path.getsize(state),
+                }
+            )
             print(
-                f"{done:>10,} {r['ok_rps']:>9,.0f} {r['error_total']:>7} {rss / 1024:>8.1f} {peak / 1024:>8.1f}"
-                f" {os.path.getsize(state) / 1e6:>9.1f}",
+                f"{done:>10,} {r['ok_rps']:>9,.0f} {cpu if cpu is not None else '-':>10} {r['error_total']:>7} "
+                f"{rss / 1024:>8.1f} {peak / 1024:>8.1f} {os.path.getsize(state) / 1e6:>9.1f}",
                 flush=True,
             )
         if len(samples) >= 3:
@@ -91,6 +120,21 @@ def main() -> int:
                 f"RSS after the first chunk {warm / 1024:.1f} MB, at the end {samples[-1] / 1024:.1f} MB "
                 f"({(samples[-1] - warm) / 1024:+.1f} MB over {done - args.chunk:,} requests)"
             )
+        result = {
+            "mode": "soak",
+            "command": args.command,
+            "mix": args.mix,
+            "connections": args.connections,
+            "prefill": args.prefill,
+            "rss_after_prefill_kb": rss0,
+            "samples": record,
+        }
+        if args.out_json:
+            args.out_json.write_text(json.dumps(result, indent=2))
+            print(f"json: {args.out_json}")
+        if args.out_plot:
+            plots.plot_soak(result, args.out_plot)
+            print(f"plot: {args.out_plot}")
         return 0
     finally:
         proc.send_signal(signal.SIGINT)

@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ikload  # noqa: E402
+import impls  # noqa: E402  (tests/impls.py, put on the path by conftest.py)
 
 REQUESTS = 4000
 
@@ -41,7 +42,7 @@ def _answers(path: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module", params=["compiled", "pure"])
+@pytest.fixture(scope="module", params=impls.impl_params())
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     folder: Path = tmp_path_factory.mktemp(request.param)
     sock = str(folder / "sock")

@@ -1,5 +1,7 @@
 """Kill -9 the plugin in the middle of a concurrent burst; nothing acknowledged may be lost.
 
+Two loads: a mixed one, and a destroy-heavy one on a file big enough that its
+destroys trigger whole-file rewrites (compaction), with both twins.
 More rounds: ``INFRAKIT_CRASH_ROUNDS=200 pytest tests/test_crash.py``.
 """
 
@@ -12,6 +14,8 @@ import signal
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from plugin_proc import Plugin, spec
 
@@ -34,8 +38,14 @@ class Ledger:
             return sorted(self.provisioned - self.destroyed - self.in_doubt_destroys)
 
 
-def burst(plugin: Plugin, ledger: Ledger, seed: int, stop: threading.Event) -> None:
+#: Provisions and destroys of the destroy-heavy load (labels take the rest).
+MIXED, DESTROY_HEAVY = (0.5, 0.8), (0.15, 0.9)
+BIG = "p" * 1000  # a large Spec, so that a thousand instances make a file worth compacting
+
+
+def burst(plugin: Plugin, ledger: Ledger, seed: int, stop: threading.Event, mix: tuple[float, float] = MIXED) -> None:
     rng = random.Random(seed)
+    heavy = mix is DESTROY_HEAVY
     try:
         c = plugin.client()
     except OSError:
@@ -47,14 +57,17 @@ def burst(plugin: Plugin, ledger: Ledger, seed: int, stop: threading.Event) -> N
             live = ledger.live()
             roll = rng.random()
             try:
-                if roll < 0.5 or len(live) < 5:
+                if roll < mix[0] or len(live) < 5:
                     with ledger.lock:
                         ledger.in_doubt_provisions += 1
-                    new_id = c.call("Instance.Provision", {"Spec": spec("crash", worker=str(seed))})["ID"]
+                    body = spec("crash", worker=str(seed))
+                    if heavy:
+                        body["Properties"] = {"blob": BIG}
+                    new_id = c.call("Instance.Provision", {"Spec": body})["ID"]
                     with ledger.lock:
                         ledger.in_doubt_provisions -= 1
                         ledger.provisioned.add(new_id)
-                elif roll < 0.8:
+                elif roll < mix[1]:
                     victim = rng.choice(live)
                     with ledger.lock:
                         if victim in ledger.in_doubt_destroys or victim in ledger.destroyed:
@@ -76,13 +89,40 @@ def burst(plugin: Plugin, ledger: Ledger, seed: int, stop: threading.Event) -> N
                 return  # the plugin died under us: whatever was in flight stays in doubt
 
 
-def test_sigkill_during_concurrent_changes_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def top_up(plugin: Plugin, ledger: Ledger, live: int) -> None:
+    """Bring the file to ``live`` large instances, then destroy a third of them: the
+    destroys of the next burst soon make it worth rewriting whole."""
+    with plugin.client() as c:
+        while len(ledger.live()) < live:
+            body = spec("crash", worker="top")
+            body["Properties"] = {"blob": BIG}
+            ledger.provisioned.add(c.call("Instance.Provision", {"Spec": body})["ID"])
+        for victim in ledger.live()[: live // 3]:
+            c.call("Instance.Destroy", {"Instance": victim})
+            ledger.destroyed.add(victim)
+
+
+LOADS = [
+    pytest.param(MIXED, {}, id="mixed"),
+    pytest.param(DESTROY_HEAVY, {}, id="destroy-heavy-compiled"),
+    pytest.param(DESTROY_HEAVY, {"INFRAKIT_INSTANCE_NO_EXTENSIONS": "1"}, id="destroy-heavy-pure"),
+]
+
+
+@pytest.mark.parametrize(("mix", "env"), LOADS)
+def test_sigkill_during_concurrent_changes_loses_nothing_acknowledged(
+    tmp_path: Path, mix: tuple[float, float], env: dict[str, str]
+) -> None:
     ledger = Ledger()
     rng = random.Random(1234)
     for round_no in range(ROUNDS):
-        plugin = Plugin(tmp_path).start()
+        plugin = Plugin(tmp_path, env=env).start()
+        if mix is DESTROY_HEAVY:
+            top_up(plugin, ledger, 1200)
         stop = threading.Event()
-        workers = [threading.Thread(target=burst, args=(plugin, ledger, round_no * 100 + w, stop)) for w in range(4)]
+        workers = [
+            threading.Thread(target=burst, args=(plugin, ledger, round_no * 100 + w, stop, mix)) for w in range(4)
+        ]
         for t in workers:
             t.start()
         time.sleep(rng.uniform(0.05, 0.4))  # the kill lands at a random moment of the burst
@@ -94,7 +134,7 @@ def test_sigkill_during_concurrent_changes_loses_nothing_acknowledged(tmp_path: 
             t.join(30)
 
         # The next start recovers; then the file must hold every acknowledged change.
-        plugin = Plugin(tmp_path).start()
+        plugin = Plugin(tmp_path, env=env).start()
         doc = json.loads(Path(plugin.state).read_text())
         on_disk = {d["ID"]: d for d in doc["Instances"]}
         with plugin.client() as c:
@@ -119,3 +159,7 @@ def test_sigkill_during_concurrent_changes_loses_nothing_acknowledged(tmp_path: 
             ledger.in_doubt_destroys.clear()
         assert plugin.stop() == 0
     assert ledger.provisioned, "the bursts never got an answer"
+    if mix is DESTROY_HEAVY:
+        rewrites = (tmp_path / "plugin.log").read_text(errors="replace").count("rewritten whole")
+        assert rewrites > ROUNDS // 2, rewrites  # the destroys did trigger whole-file rewrites
+        print(f"whole-file rewrites over {ROUNDS} rounds: {rewrites}")

@@ -7,6 +7,7 @@ outcomes, results or exceptions, are compared by value and by ``repr``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,18 @@ def norm(x: Any) -> Any:
     if x is _http_c.CONTINUE or x is _http_py.CONTINUE:
         return "CONTINUE", repr(x)
     if isinstance(x, (_http_c.Request, _http_py.Request)):
-        return "Request", x.method, x.path, x.content_type, x.keep_alive, x.body, repr(x)
+        return (
+            "Request",
+            x.method,
+            x.path,
+            x.content_type,
+            x.keep_alive,
+            x.body,
+            x.host,
+            x.origin,
+            x.authorization,
+            repr(x),
+        )
     if isinstance(x, (_rpc_c.Call, _rpc_py.Call)):
         return "Call", x.method, x.params, x.id_json, repr(x)
     if isinstance(x, BaseException):
@@ -62,7 +74,7 @@ SAMPLES = [*WIRE_REQUESTS.values(), POST, CHUNKED]
 def feed_pieces(module: Any, pieces: list[bytes], **limits: int) -> list[Any]:
     """Everything a parser reports for each piece, and whether it was idle after it."""
     parser = module.HttpParser(**limits)
-    return [(norm(parser.feed(p)), parser.idle) for p in pieces]
+    return [(norm(parser.feed(p)), parser.idle, parser.buffered, parser.in_body) for p in pieces]
 
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
@@ -80,7 +92,7 @@ def test_random_splits_of_real_requests(requests: list[bytes], points: list[int]
     pieces = cut(b"".join(requests), points)
     got = feed_pieces(_http_c, pieces)
     assert got == feed_pieces(_http_py, pieces)
-    assert sum(len(items[1]) for items, _ in got) == len(requests)
+    assert sum(len(items[1]) for items, *_ in got) == len(requests)
 
 
 _NAMES = st.sampled_from(
@@ -482,3 +494,65 @@ def test_parse_element(line: bytes) -> None:
 @given(st.one_of(st.text(max_size=8), st.builds(bytearray, st.binary(max_size=8)), st.none(), st.integers()))
 def test_parse_element_other_types(line: Any) -> None:
     same(_codec_c.parse_element, _codec_py.parse_element, line)
+
+
+# -- the body scanner: ids, Spec text, depth -----------------------------------------------
+
+_SCAN_BYTES = st.lists(
+    st.sampled_from(
+        [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b",",
+            b'"',
+            b"\\",
+            b" ",
+            b"\n",
+            b"1",
+            b"-0",
+            b"1e2",
+            b'"id"',
+            b'"params"',
+            b'"Spec"',
+            b"null",
+            b'"a\\"b"',
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@SETTINGS
+@given(
+    st.one_of(_SCAN_BYTES, st.binary(max_size=40), envelopes().map(_text), st.lists(envelopes(), max_size=3).map(_text))
+)
+def test_scan(body: bytes) -> None:
+    same(_rpc_c.scan, _rpc_py.scan, body)
+    same(_rpc_c.decode_body, _rpc_py.decode_body, body)
+
+
+@SETTINGS
+@given(st.integers(100, 400), st.sampled_from([b"1", b"1.5", b'"x"', b"[]", b"1x"]), st.booleans())
+def test_deep_bodies(depth: int, ident: bytes, spec: bool) -> None:
+    inner = b"[" * depth + b"]" * depth
+    if spec:
+        body = b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":%s},"id":%s}' % (inner, ident)
+    else:
+        body = b'{"id":%s,"x":%s}' % (ident, inner)
+    got = same(_rpc_c.decode_body, _rpc_py.decode_body, body)
+    total = depth + (2 if spec else 1)
+    assert same(_rpc_c.scan, _rpc_py.scan, body)[1][0][2] == total
+    if total > _rpc_py.MAX_DEPTH:
+        assert got[0] == "raised" and got[5]["code"] == _rpc_py.INVALID_PARAMS
+        assert got[5]["id_json"] == (ident if ident in (b"1", b"1.5", b'"x"') else b"null")
+
+
+@SETTINGS
+@given(st.one_of(_SCAN_BYTES, st.binary(max_size=40), _JSON.map(lambda d: json.dumps(d, indent=1).encode())))
+def test_compact(text: bytes) -> None:
+    got = same(_rpc_c.compact, _rpc_py.compact, text)
+    if b'"' not in text:
+        assert got[2] == text.translate(None, b" \t\r\n")

@@ -587,7 +587,8 @@ def test_tcp_listen_writes_and_removes_the_discovery_file(tmp_path: Path) -> Non
     assert address.startswith("tcp://127.0.0.1:")
     port = int(address.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(wire("new-Handshake.Hello")[0])
+        # Over TCP, Go's client names the address it dials in Host.
+        s.sendall(wire("new-Handshake.Hello")[0].replace(b"Host: h\r\n", b"Host: 127.0.0.1:%d\r\n" % port))
         data = b""
         while not data.endswith(b"}"):
             data += s.recv(4096)

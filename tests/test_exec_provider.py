@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from infrakit_instance import examples
 from infrakit_instance.plugin import Plugin
 from infrakit_instance.provider import BoundedProvider, Health, Instance, ProviderError
 from infrakit_instance.providers.exec import Command, ExecProvider
@@ -22,8 +23,7 @@ from infrakit_instance.rpc import Dispatcher
 from infrakit_instance.store import FileStore
 from plugin_proc import rpc, start_plugin, stop_plugin, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "exec_devices.sh"
+EXAMPLE = Path(examples.__file__).parent / "exec_devices.sh"
 CONSOLE = shutil.which("infrakit-instance", path=os.path.dirname(sys.executable)) or "infrakit-instance"
 
 

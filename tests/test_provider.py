@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from infrakit_instance import examples
 from infrakit_instance.cli import main as cli_main
 from infrakit_instance.plugin import Plugin
 from infrakit_instance.provider import (
@@ -38,8 +39,7 @@ from infrakit_instance.providers import (
 from infrakit_instance.providers.exec import ExecProvider
 from infrakit_instance.store import FileStore
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = Path(examples.__file__).parent
 CONSOLE = shutil.which("infrakit-instance", path=os.path.dirname(sys.executable)) or "infrakit-instance"
 
 

@@ -1,4 +1,4 @@
-"""The single-file store: in-place edits, layout, journal recovery, faults."""
+"""The single-file store: in-place edits, layout, the redo journal, faults."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from infrakit_instance.rpc import Dispatcher, Pending
 from infrakit_instance.state import Record, StateError
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load_state_file
 from infrakit_instance.store import journal as journal_mod
-from infrakit_instance.store.journal import Journal, Region, recover, repair_torn_append
+from infrakit_instance.store.damage import diagnose
+from infrakit_instance.store.disk import Disk
+from infrakit_instance.store.file import inspect_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "c-plugin-state.json"
 
@@ -38,6 +40,18 @@ def record(i: int, group: str = "g", extra: int = 0) -> Rec:
     rec = Rec(f"id-{i}", codec.encode_brief(f"id-{i}", None, tags), orjson.dumps(spec))
     rec.given_tags = tags
     return rec
+
+
+class CountingDisk(Disk):
+    """The store's disk seam, counting syncs by file (``data`` or ``journal``) and journal records."""
+
+    def __init__(self, sync: bool = True) -> None:
+        super().__init__(sync)
+        self.syncs: list[str] = []
+
+    def datasync(self, fd: int) -> None:
+        self.syncs.append("journal" if os.readlink(f"/proc/self/fd/{fd}").endswith(".journal") else "data")
+        super().datasync(fd)
 
 
 def provision(store: FileStore, rec: Rec) -> asyncio.Future[None]:
@@ -125,34 +139,53 @@ def test_provision_appends_in_place(tmp_path: Path) -> None:
     run(main)
 
 
-def test_appends_need_one_fsync_per_batch_and_in_place_changes_two(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_batch_needs_one_sync_whatever_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tmp_path / "s.json")
-    syncs: list[str] = []
-    real = os.fdatasync
+    disk = CountingDisk()
+    logged: list[int] = []
+    real_log = journal_mod.Journal.log
 
-    def fdatasync(fd: int) -> None:
-        syncs.append("journal" if os.readlink(f"/proc/self/fd/{fd}").endswith(".journal") else "data")
-        real(fd)
+    def log(self: journal_mod.Journal, *args: Any) -> int:
+        logged.append(1)
+        return real_log(self, *args)
 
-    monkeypatch.setattr(journal_mod.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(journal_mod.Journal, "log", log)
 
     async def main() -> None:
-        store = FileStore(path)
+        store = FileStore(path, disk=disk)
         await store.open()
-        syncs.clear()
-        await provision(store, record(1))
-        await provision(store, record(2))
-        assert syncs == ["data", "data"]
-        syncs.clear()
+        for i in range(6):
+            await provision(store, record(i))
+        disk.syncs.clear()
+        await provision(store, record(10))
+        await provision(store, record(11))
+        assert disk.syncs == ["data", "data"] and not logged  # appends: no journal work at all
+        disk.syncs.clear()
         await store.destroy("id-1")
-        assert syncs == ["journal", "data"]
-        syncs.clear()
-        await provision(store, record(3))  # the journal is cleared once before appends resume
-        await provision(store, record(4))
-        assert syncs == ["journal", "data", "data"]
+        assert disk.syncs == ["journal"]  # the record is the batch's only sync
+        disk.syncs.clear()
+        await store.label("id-2", {"rack": "r1"})
+        assert disk.syncs == ["journal"]
+        disk.syncs.clear()
+        await store.label("id-3", {"big": "x" * 300})  # outgrows its slot: everything after it moves
+        assert disk.syncs == ["journal"]
+        disk.syncs.clear()
+        await asyncio.gather(store.destroy("id-4"), provision(store, record(12)), store.label("id-5", {"a": "b"}))
+        assert disk.syncs == ["journal"]  # a mixed batch: one sync too
+        disk.syncs.clear()
+        await provision(store, record(13))  # appends after journaled batches: still one sync each
+        assert disk.syncs == ["journal"]
+        for i in range(20):
+            await provision(store, record(20 + i))
+        # ... until, after a run of 16 of them, one checkpoint syncs the file: appends go direct again.
+        assert disk.syncs == ["journal"] * 16 + ["data"] + ["data"] * 5
+        disk.syncs.clear()
+        logged.clear()
+        await provision(store, record(99))
+        assert disk.syncs == ["data"] and not logged
         await store.close()
+        assert not os.path.exists(path + ".journal")  # a clean shutdown leaves no journal
+        assert [d["ID"] for d in on_disk(path)] == [f"id-{i}" for i in [0, 2, 3, 5, 10, 11, 12, 13, *range(20, 40), 99]]
 
     run(main)
 
@@ -170,64 +203,68 @@ def test_a_torn_append_is_cut_back_to_the_last_complete_element(tmp_path: Path) 
         await store.close()
 
     run(fill)
-    good = path.read_bytes().rstrip(b" ")  # the document, without its padding
+    good = path.read_bytes()
+    doc_end = len(good.rstrip(b" "))
     ids = [d["ID"] for d in json.loads(good)["Instances"]]
     tail = codec.TAIL
-    # What power loss can leave of an append: the closing bytes overwritten,
-    # the new element cut anywhere, possibly with zeros where pages never landed.
-    new = b",\n" + record(6, extra=300).element() + tail
-    for cut in (1, 2, 3, 50, len(new) - 6):
-        for filler in (b"", b"\0" * 700):
-            torn = good[: -len(tail)] + new[:cut] + filler + b" " * 500  # what is left of the padding
-            repaired = repair_torn_append(torn, tail)
-            assert repaired is not None, cut
-            assert [d["ID"] for d in json.loads(repaired)["Instances"]] == ids
-            path.write_bytes(torn)
+    # What a crash can leave of an append: a prefix of its bytes over the old
+    # closing bytes and padding (which stay where it did not reach).
+    new = b",\n" + record(6, extra=300).element() + b" " * 32 + tail
+    start = doc_end - len(tail)
+    for cut in (1, 2, 3, 4, 50, len(new) - 6, len(new) - 4):
+        torn = good[:start] + new[:cut] + good[start + cut :]
+        damage = diagnose(torn)
+        assert damage is not None and damage.torn and damage.repaired is not None, cut
+        complete = cut >= 2 + len(record(6, extra=300).element())  # the new element is whole: kept
+        expect = ids + (["id-6"] if complete else [])
+        assert [d["ID"] for d in json.loads(damage.repaired)["Instances"]] == expect, cut
+        path.write_bytes(torn)
 
-            async def reopen() -> None:
-                store = FileStore(str(path))
-                await store.open()
-                assert [d["ID"] for d in described(store)] == ids
-                await provision(store, record(7))
-                await store.close()
+        async def reopen(expect: list[str] = expect) -> None:
+            store = FileStore(str(path))
+            await store.open()
+            assert [d["ID"] for d in described(store)] == expect
+            await provision(store, record(7))
+            await store.close()
 
-            run(reopen)
-            assert [d["ID"] for d in on_disk(str(path))] == ids + ["id-7"]
-    # A complete append whose closing bytes did not land keeps the new element.
-    repaired = repair_torn_append(good[: -len(tail)] + new[:-2], tail)
-    assert repaired is not None and json.loads(repaired)["Instances"][-1]["ID"] == "id-6"
-    # Garbage that is no torn append is left alone.
-    assert repair_torn_append(b'{"Provider": {}, "Instances": [{"ID": "x"', tail) is None
+        run(reopen)
+        assert [d["ID"] for d in on_disk(str(path))] == expect + ["id-7"]
+    # Garbage that is no torn append is refused: nothing after the damage is dropped.
+    cut_short = good[:start] + new[:50]  # the file ends inside an element: no padding after it
+    damage = diagnose(cut_short)
+    assert damage is not None and not damage.torn
 
 
-def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = os.fdatasync
-    monkeypatch.setattr(journal_mod.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    disk = CountingDisk()
 
     async def main() -> None:
-        store = FileStore(str(tmp_path / "s.json"))
+        store = FileStore(str(tmp_path / "s.json"), disk=disk)
         await store.open()
+        disk.syncs.clear()
         await asyncio.gather(*(provision(store, record(i)) for i in range(100)))
         await store.close()
 
     run(main)
-    assert 1 <= len(calls) <= 10  # one data sync per batch of appends, not per change
+    assert 1 <= len(disk.syncs) <= 10  # one data sync per batch of appends, not per change
 
 
 def test_fsync_never_skips_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(journal_mod.os, "fdatasync", lambda fd: calls.append(fd))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
 
     async def main() -> None:
         store = FileStore(str(tmp_path / "s.json"), fsync=False)
         await store.open()
         await provision(store, record(1))
+        await store.destroy("id-1")
+        await provision(store, record(2))
         await store.close()
 
     run(main)
     assert calls == []
-    assert on_disk(str(tmp_path / "s.json"))[0]["ID"] == "id-1"
+    assert on_disk(str(tmp_path / "s.json"))[0]["ID"] == "id-2"
 
 
 def test_unknown_ids_raise_at_once(tmp_path: Path) -> None:
@@ -318,103 +355,150 @@ def test_bad_state_files_say_what_is_wrong(tmp_path: Path) -> None:
 # -- journal ---------------------------------------------------------------------------------
 
 
-def _prepare(tmp_path: Path) -> tuple[str, str, bytes]:
-    data = tmp_path / "d"
-    old = b'{"Instances":[\n{"ID":"a"},\n{"ID":"b"}\n]}\n'
-    data.write_bytes(old)
-    return str(data), str(tmp_path / "d.journal"), old
+class DroppingDisk(CountingDisk):
+    """A crash before the data writes of journaled batches reached the file: they are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop: Callable[[int], bool] | None = None
+        self.n = 0
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        if self.drop is not None and os.readlink(f"/proc/self/fd/{fd}").endswith(".json"):
+            self.n += 1
+            if self.drop(self.n):
+                return
+        super().pwrite(fd, data, offset)
 
 
-def test_journal_rolls_back_a_torn_batch(tmp_path: Path) -> None:
-    path, jpath, old = _prepare(tmp_path)
-    new_tail = b',\n{"ID":"c","pad":"' + b"x" * 5000 + b'"}\n]}\n'
-    fd = os.open(path, os.O_RDWR)
-    j = Journal(jpath)
-    # What a crash in the middle of write_batch leaves: the journal synced, half the data written.
-    region = Region(len(old) - 4, new_tail)
-    record = journal_mod._undo_record(
-        lambda n, off: old[off : off + n], len(old), len(old) - 4 + len(new_tail), [region]
+def _crash_mid_journal(tmp_path: Path, drop: Callable[[int], bool]) -> tuple[str, list[dict[str, Any]]]:
+    """Fill a store, then journal batches whose data writes are dropped as ``drop`` says, and
+    leave without closing (as a crash would); the file and what was acknowledged."""
+    path = str(tmp_path / "s.json")
+    disk = DroppingDisk()
+
+    async def main() -> list[dict[str, Any]]:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        for i in range(12):
+            await provision(store, record(i, extra=100))
+        disk.drop = drop
+        await store.destroy("id-3")
+        await store.label("id-5", {"big": "y" * 200})  # moves every element after it
+        await asyncio.gather(store.destroy("id-0"), provision(store, record(20)))
+        await provision(store, record(21))
+        acked = described(store)
+        store._executor.shutdown()
+        store._close_fds()  # no close(): the journal stays
+        return acked
+
+    return path, run(main)
+
+
+@pytest.mark.parametrize("drop", ["all", "odd", "none"])
+def test_journaled_batches_are_replayed_at_the_next_start(tmp_path: Path, drop: str) -> None:
+    path, acked = _crash_mid_journal(
+        tmp_path, {"all": lambda n: True, "odd": lambda n: n % 2 == 1, "none": lambda n: False}[drop]
     )
-    Path(jpath).write_bytes(record.encode())
-    os.pwrite(fd, new_tail[:3000], region.offset)
-    os.close(fd)
-    j.close()
-    assert "rolled back" in (recover(path, jpath) or "")
-    assert Path(path).read_bytes() == old
-    assert recover(path, jpath) is None  # journal cleared: nothing more to do
+    assert os.path.getsize(path + ".journal") > 0
+    seen = inspect_state(path)
+    assert seen.replayed == 4 and seen.mismatch is None
+    if drop != "none":
+        assert seen.image != seen.data
+
+    async def reopen() -> None:
+        store = FileStore(path)
+        await store.open()
+        assert described(store) == acked
+        await store.close()
+
+    run(reopen)
+    assert on_disk(path) == acked
+    assert not os.path.exists(path + ".journal")
 
 
-def test_journal_keeps_a_complete_batch_and_ignores_a_torn_record(tmp_path: Path) -> None:
-    path, jpath, old = _prepare(tmp_path)
-    fd = os.open(path, os.O_RDWR)
-    j = Journal(jpath)
-    tail = b',\n{"ID":"c"}\n]}\n'
-    j.write_batch(fd, len(old), len(old) - 4 + len(tail), [Region(len(old) - 4, tail)])
-    j.close()
-    os.close(fd)
-    complete = Path(path).read_bytes()
-    assert json.loads(complete)["Instances"][-1] == {"ID": "c"}
-    assert recover(path, jpath) is None
-    assert Path(path).read_bytes() == complete
-    # A record torn while being written never touched the data: it is ignored.
-    Path(jpath).write_bytes(b"IKJ1" + os.urandom(40))
-    assert recover(path, jpath) is None
-    assert Path(path).read_bytes() == complete
+def test_a_journal_that_does_not_match_the_file_is_never_applied(tmp_path: Path) -> None:
+    path, acked = _crash_mid_journal(tmp_path / "a", lambda n: True) if (tmp_path / "a").mkdir() is None else ("", [])
+    journal = Path(path + ".journal").read_bytes()
+    # The file rewritten while the plugin was stopped (same inode): its own content now.
+    other = tmp_path / "b"
+    other.mkdir()
 
+    async def fill() -> None:
+        store = FileStore(str(other / "s.json"))
+        await store.open()
+        for i in range(3):
+            await provision(store, record(100 + i))
+        await store.close()
 
-def test_journal_restores_bytes_past_a_shrunk_end(tmp_path: Path) -> None:
-    path, jpath, old = _prepare(tmp_path)
-    fd = os.open(path, os.O_RDWR)
-    j = Journal(jpath)
-    start = old.index(b'{"ID":"b"}') - 2
-    new = b"\n]}\n"
-    j.write_batch(fd, len(old), start + len(new), [Region(start, new)])
-    assert json.loads(Path(path).read_bytes())["Instances"] == [{"ID": "a"}]
-    # Pretend the truncate and sync never reached the disk: put garbage back past the end.
-    os.pwrite(fd, b"garbage", start + len(new))
-    os.close(fd)
-    j.close()
-    assert "rolled back" in (recover(path, jpath) or "")
-    assert Path(path).read_bytes() == old
+    run(fill)
+    rewritten = (other / "s.json").read_bytes()
+    Path(path).write_bytes(rewritten)
+    seen = inspect_state(path)
+    assert seen.replayed == 0 and seen.mismatch and "none of the" in seen.mismatch
+    # A journal of another state file next to this one: another inode.
+    (other / "s.json.journal").write_bytes(journal)
+    foreign = inspect_state(str(other / "s.json"))
+    assert foreign.mismatch and "another file" in foreign.mismatch
+
+    async def reopen(p: str) -> list[str]:
+        store = FileStore(p)
+        await store.open()
+        ids = [d["ID"] for d in described(store)]
+        await store.close()
+        return ids
+
+    for p in (path, str(other / "s.json")):
+        assert run(lambda p=p: reopen(p)) == ["id-100", "id-101", "id-102"]
+        assert os.path.exists(p + ".journal.unapplied") and not os.path.exists(p + ".journal")
+    assert Path(path).read_bytes() == rewritten  # nothing was written over it
 
 
 # -- faults while serving -------------------------------------------------------------------------
 
 
+class FaultyDisk(Disk):
+    """Faults of the disk seam: ENOSPC or EIO after a partial write, a short write, a failing sync."""
+
+    def __init__(self, fault: str, persist: bool, target: str) -> None:
+        super().__init__()
+        self.fault, self.persist, self.target, self.armed = fault, persist, target, False
+
+    def _hit(self, fd: int, kind: str) -> bool:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        which = "journal" if name.endswith(".journal") else "data"
+        if not self.armed or kind != ("sync" if self.fault == "fsync" else "write") or which != self.target:
+            return False
+        if not self.persist:
+            self.armed = False
+        return True
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        if self._hit(fd, "write"):
+            if self.fault == "short":
+                os.pwrite(fd, bytes(data[: max(1, len(data) // 2)]), offset)
+                raise OSError(errno.EIO, "short write")
+            os.pwrite(fd, bytes(data[:1]), offset)  # a partial write first, then the error
+            raise OSError(getattr(errno, self.fault), os.strerror(getattr(errno, self.fault)))
+        super().pwrite(fd, data, offset)
+
+    def datasync(self, fd: int) -> None:
+        if self._hit(fd, "sync"):
+            raise OSError(errno.EIO, "Input/output error")
+        super().datasync(fd)
+
+
+@pytest.mark.parametrize("target", ["data", "journal"])
 @pytest.mark.parametrize("persist", [False, True], ids=["transient", "persistent"])
 @pytest.mark.parametrize("fault", ["ENOSPC", "EIO", "short", "fsync"])
-def test_write_faults_give_errors_and_keep_the_file_valid(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, persist: bool
-) -> None:
-    """The faulty write fails its clients; the file (with its journal, as the next
-    start reads it) stays the last acknowledged state; serving goes on.  A
-    transient fault lets the rollback through at once; a persistent one defers it."""
+def test_write_faults_give_errors_and_never_diverge(tmp_path: Path, fault: str, persist: bool, target: str) -> None:
+    """The faulty write fails its clients.  A transient fault is undone at once and
+    serving goes on; one that defeats the undo too stops the store taking changes
+    (each refused with the cause), reads go on, and the next start recovers every
+    acknowledged change."""
     path = str(tmp_path / "s.json")
-    real_pwrite, real_sync = os.pwrite, os.fdatasync
-    armed = {"on": False}
-
-    def pwrite(fd: int, data: Any, off: int) -> int:
-        if armed["on"] and fault != "fsync" and fd != store._journal.fd:  # type: ignore[union-attr]
-            if not persist:
-                armed["on"] = False
-            if fault == "short":
-                real_pwrite(fd, bytes(data[: max(1, len(data) // 2)]), off)
-                return 0
-            if fault in ("ENOSPC", "EIO"):
-                real_pwrite(fd, bytes(data[:1]), off)  # a partial write first, then the error
-                raise OSError(getattr(errno, fault), os.strerror(getattr(errno, fault)))
-        return real_pwrite(fd, data, off)
-
-    def fdatasync(fd: int) -> None:
-        if armed["on"] and fault == "fsync" and fd != store._journal.fd:  # type: ignore[union-attr]
-            if not persist:
-                armed["on"] = False
-            raise OSError(errno.EIO, "Input/output error")
-        real_sync(fd)
-
-    monkeypatch.setattr(journal_mod.os, "pwrite", pwrite)
-    monkeypatch.setattr(journal_mod.os, "fdatasync", fdatasync)
-    store = FileStore(path)
+    disk = FaultyDisk(fault, persist, target)
+    store = FileStore(path, disk=disk)
     plugin = Plugin(store)
     dispatcher = Dispatcher(plugin.methods)
 
@@ -430,29 +514,121 @@ def test_write_faults_give_errors_and_keep_the_file_valid(
 
     async def main() -> None:
         await store.open()
-        first = await call("Instance.Provision", {"Spec": {"Tags": {"g": "1"}}})
-        keep = first["result"]["ID"]
+        keep = [(await call("Instance.Provision", {"Spec": {"Tags": {"g": str(i)}}}))["result"]["ID"] for i in range(3)]
         good = on_disk(path)
-        armed["on"] = True
-        failed = await call("Instance.Provision", {"Spec": {"Tags": {"g": "2"}}})
-        assert failed["error"]["code"] == -32000 and "could not write the state file" in failed["error"]["message"]
-        if persist:
-            failed = await call("Instance.Destroy", {"Instance": keep})
-            assert failed["error"]["code"] == -32000
-            # What the next start will read, once it has undone the failed batch:
-            undo = store._undo
-            assert json.loads(journal_mod.rolled_back(path, path + ".journal", undo))["Instances"] == good
+        disk.armed = True
+        # An append goes straight to the file; a destroy goes through the journal.
+        if target == "data":
+            failed = await call("Instance.Provision", {"Spec": {"Tags": {"g": "x"}}})
         else:
-            assert on_disk(path) == good  # rolled back at once
-        armed["on"] = False
+            failed = await call("Instance.Destroy", {"Instance": keep[0]})
+        assert failed["error"]["code"] == -32000, failed
+        assert "could not write the state file" in failed["error"]["message"]
+        if persist and store.stopped is None:
+            again = await call("Instance.Destroy", {"Instance": keep[1]})
+            assert again["error"]["code"] == -32000
+        disk.armed = False
         described_now = await call("Instance.DescribeInstances", {"Tags": None})
-        assert [d["ID"] for d in described_now["result"]["Descriptions"]] == [keep]
+        assert [d["ID"] for d in described_now["result"]["Descriptions"]] == keep  # memory never diverged
         ok = await call("Instance.Provision", {"Spec": {"Tags": {"g": "3"}}})
-        assert "result" in ok
-        assert [d["ID"] for d in on_disk(path)] == [keep, ok["result"]["ID"]]
+        if store.stopped is None:
+            assert "result" in ok
+            keep.append(ok["result"]["ID"])
+            assert on_disk(path) == good + on_disk(path)[3:] and [d["ID"] for d in on_disk(path)] == keep
+        else:
+            assert persist
+            assert ok["error"]["code"] == -32000 and "stopped taking changes" in ok["error"]["message"]
+        await store.close()
+        again = FileStore(path)  # the next start
+        await again.open()
+        assert [d["ID"] for d in described(again)] == keep
+        await again.close()
+
+    run(main)
+
+
+def test_a_rewrite_without_descriptors_fails_its_batch_cleanly(tmp_path: Path) -> None:
+    """No descriptor for the temporary file (even the reserved one gone): the batch fails,
+    memory keeps the layout of the file as it is, and later changes land where they belong."""
+    path = str(tmp_path / "s.json")
+
+    class NoFiles(Disk):
+        armed = False
+
+        def create(self, name: str, dir_fd: int, mode: int = 0o600) -> int:
+            if self.armed:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().create(name, dir_fd, mode)
+
+    disk = NoFiles()
+
+    async def main() -> None:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        await asyncio.gather(*(provision(store, record(i, extra=2000)) for i in range(600)))
+        disk.armed = True
+        model = [d for d in described(store)]
+        failed = 0
+        for i in range(0, 500):  # destroys that make the file worth compacting
+            try:
+                await store.destroy(f"id-{i}")
+                model = [d for d in model if d["ID"] != f"id-{i}"]
+            except StoreError:
+                failed += 1
+        assert failed > 0  # some batches needed a whole-file rewrite and could not have it
+        assert described(store) == model == on_disk(path)
+        disk.armed = False
+        await provision(store, record(900))
+        await store.label("id-599", {"after": "x" * 100})
+        assert described(store) == on_disk(path)
         await store.close()
 
     run(main)
+
+
+@pytest.mark.parametrize("fullfsync", ["works", "unsupported", "absent"])
+def test_without_fdatasync_the_seam_uses_fsync_and_full_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fullfsync: str
+) -> None:
+    """macOS has no fdatasync: every sync is an fsync, and with --fsync always an
+    F_FULLFSYNC where the platform and file system have it."""
+    import fcntl
+
+    calls: list[str] = []
+    real_fsync, real_fcntl = os.fsync, fcntl.fcntl
+    monkeypatch.delattr(os, "fdatasync")
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    if fullfsync == "absent":
+        monkeypatch.delattr(fcntl, "F_FULLFSYNC", raising=False)
+    else:
+        monkeypatch.setattr(fcntl, "F_FULLFSYNC", 12345, raising=False)
+
+        def fake_fcntl(fd: int, cmd: int, *args: Any) -> Any:
+            if cmd == 12345:
+                calls.append("fullfsync")
+                if fullfsync == "unsupported":
+                    raise OSError(errno.ENOTSUP, "not supported")
+                return 0
+            return real_fcntl(fd, cmd, *args)
+
+        monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
+    path = str(tmp_path / "s.json")
+
+    async def main(fsync: bool) -> None:
+        store = FileStore(path, fsync=fsync)
+        await store.open()
+        calls.clear()
+        await provision(store, record(1 if fsync else 2))
+        await store.destroy("id-1" if fsync else "id-2")
+        await store.close()
+
+    run(lambda: main(True))
+    expect = {"works": ["fullfsync"], "unsupported": ["fullfsync", "fsync"], "absent": ["fsync"]}[fullfsync]
+    assert calls[: len(expect) * 2] == expect * 2  # the append's data sync, the destroy's journal sync
+    assert "fdatasync" not in calls
+    run(lambda: main(False))
+    assert calls == []  # --fsync never: none at all
+    assert on_disk(path) == []
 
 
 # -- the state tools ----------------------------------------------------------------------
@@ -507,19 +683,17 @@ def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
     run(main)
 
 
-def test_check_reports_a_pending_rollback(tmp_path: Path) -> None:
+def test_check_reports_a_pending_replay_and_changes_nothing(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from infrakit_instance.cli import main
 
-    path, jpath, old = _prepare(tmp_path)
-    region = Region(len(old) - 4, b',\n{"ID":"c"}\n]}\n')
-    record = journal_mod._undo_record(lambda n, off: old[off : off + n], len(old), len(old) + 12, [region])
-    Path(jpath).write_bytes(record.encode())
-    os.truncate(path, len(old) - 2)  # torn: the batch never completed
+    path, acked = _crash_mid_journal(tmp_path, lambda n: True)
+    before = Path(path).read_bytes(), Path(path + ".journal").read_bytes()
     out = CliRunner().invoke(main, ["state", "check", path])
-    assert out.exit_code == 3 and "rolls it back" in out.output
-    assert Path(path).read_bytes() == old[:-2]  # check changed nothing
+    assert out.exit_code == 3 and "replays them" in out.output, out.output
+    assert f"instances: {len(acked)}" in out.output
+    assert (Path(path).read_bytes(), Path(path + ".journal").read_bytes()) == before  # check changed nothing
 
 
 def test_labels_fit_in_the_room_after_each_element_even_after_a_restart(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from infrakit_instance import examples
 from infrakit_instance.plugin import Plugin
 from infrakit_instance.provider import BoundedProvider, Health, Instance, Provider, Provisioned
 from infrakit_instance.rpc import RpcError
@@ -25,8 +26,7 @@ from infrakit_instance.store import FileStore
 from infrakit_instance.sync import Syncer
 from plugin_proc import rpc, start_plugin, stop_plugin, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "flaky_devices.py"
+EXAMPLE = Path(examples.__file__).parent / "flaky_devices.py"
 CONSOLE = shutil.which("infrakit-instance", path=os.path.dirname(sys.executable)) or "infrakit-instance"
 
 

@@ -226,8 +226,17 @@ cdef class _Out:
         return out
 
 
+cdef Py_ssize_t _GUESS_MAX = 1 << 24
+
+
 cdef inline Py_ssize_t _guess(Py_ssize_t hint, Py_ssize_t first) noexcept:
-    # Capacity for ``hint`` items like the first one, with some slack for longer ones.
+    # Capacity for ``hint`` items like the first one, with some slack for longer
+    # ones; never more than 16 MiB on that guess alone (one large first item says
+    # nothing of the others: the buffer doubles as it fills instead).
+    if hint <= 0 or first <= 0:
+        return 64
+    if first > _GUESS_MAX // hint:
+        return _GUESS_MAX if first < _GUESS_MAX else first + 64
     return hint * first + (hint * first) // 8 + 64
 
 

@@ -123,21 +123,29 @@ cdef class Request:
     cdef public object content_type
     cdef public object keep_alive
     cdef public object body
+    # Only a TCP listener checks these (the unix socket's mode is its guard).
+    cdef public object host
+    cdef public object origin
+    cdef public object authorization
 
-    def __init__(self, method, path, content_type, keep_alive, body):
+    def __init__(self, method, path, content_type, keep_alive, body, host=None, origin=None, authorization=None):
         self.method = method
         self.path = path
         self.content_type = content_type
         self.keep_alive = keep_alive
         self.body = body
+        self.host = host
+        self.origin = origin
+        self.authorization = authorization
 
     def __eq__(self, other):
         if not isinstance(other, Request):
             return False
         o = <Request>other
-        return (self.method, self.path, self.content_type, self.keep_alive, self.body) == (
-            o.method, o.path, o.content_type, o.keep_alive, o.body
-        )
+        return (
+            self.method, self.path, self.content_type, self.keep_alive, self.body,
+            self.host, self.origin, self.authorization,
+        ) == (o.method, o.path, o.content_type, o.keep_alive, o.body, o.host, o.origin, o.authorization)
 
     def __repr__(self):
         return (
@@ -188,6 +196,9 @@ cdef class HttpParser:
     cdef object _method
     cdef object _path
     cdef object _ctype
+    cdef object _host
+    cdef object _origin
+    cdef object _auth
     cdef bint _keep_alive
 
     def __init__(self, Py_ssize_t max_body=16 * 1024 * 1024, Py_ssize_t max_header=64 * 1024):
@@ -201,12 +212,25 @@ cdef class HttpParser:
         self._method = _EMPTY
         self._path = _EMPTY
         self._ctype = None
+        self._host = None
+        self._origin = None
+        self._auth = None
         self._keep_alive = True
 
     @property
     def idle(self):
         """True between requests with nothing buffered (safe to time out)."""
         return self._state == _HEADERS and PyByteArray_GET_SIZE(self._buf) == 0
+
+    @property
+    def buffered(self):
+        """Bytes of unfinished requests held (the header block or body so far)."""
+        return PyByteArray_GET_SIZE(self._buf) + PyByteArray_GET_SIZE(self._body)
+
+    @property
+    def in_body(self):
+        """True while a request's body is arriving (its headers are complete)."""
+        return _BODY <= self._state <= _TRAILERS
 
     def feed(self, data):
         cdef list out = []
@@ -366,7 +390,7 @@ cdef class HttpParser:
         cdef const unsigned char* line
         cdef const unsigned char* v
         cdef bint keep_alive, http11, chunked = False, expect = False, last_chunked, all_known, close, ka
-        cdef object ctype = None
+        cdef object ctype = None, host = None, origin = None, auth = None
         # Request line: exactly "METHOD SP TARGET SP VERSION".
         lnl = _find(h, hn, 10)
         le = hn if lnl < 0 else lnl
@@ -446,6 +470,14 @@ cdef class HttpParser:
                     ctype = _JSON
                 else:
                     ctype = PyBytes_FromStringAndSize(<const char*>v, vn)
+            elif colon == 4 and _ieq(line, colon, b"host", 4):
+                if host is not None:
+                    raise HttpError(400, "more than one Host header")
+                host = PyBytes_FromStringAndSize(<const char*>v, vn)
+            elif colon == 6 and _ieq(line, colon, b"origin", 6):
+                origin = PyBytes_FromStringAndSize(<const char*>v, vn)
+            elif colon == 13 and _ieq(line, colon, b"authorization", 13):
+                auth = PyBytes_FromStringAndSize(<const char*>v, vn)
             elif colon == 10 and _ieq(line, colon, b"connection", 10):
                 close = False
                 ka = False
@@ -482,6 +514,9 @@ cdef class HttpParser:
         else:
             self._path = PyBytes_FromStringAndSize(<const char*>h + sp1 + 1, sp2 - sp1 - 1)
         self._ctype = ctype
+        self._host = host
+        self._origin = origin
+        self._auth = auth
         self._keep_alive = keep_alive
         if chunked:
             self._state = _CHUNK_SIZE
@@ -504,6 +539,9 @@ cdef class HttpParser:
         req.content_type = self._ctype
         req.keep_alive = True if self._keep_alive else False
         req.body = body
+        req.host = self._host
+        req.origin = self._origin
+        req.authorization = self._auth
         out.append(req)
         self._state = _HEADERS if self._keep_alive else _DEAD
         return 0

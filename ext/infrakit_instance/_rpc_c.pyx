@@ -12,6 +12,9 @@ import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.string cimport memcpy
+
+from infrakit_instance._rpc_py import compact as _compact_py
 
 from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
 
@@ -19,6 +22,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "MAX_DEPTH",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PLUGIN_ERROR",
@@ -27,7 +31,9 @@ __all__ = [
     "decode_body",
     "encode_error",
     "encode_id",
+    "compact",
     "encode_result",
+    "scan",
     "split_call",
 ]
 
@@ -39,6 +45,17 @@ INTERNAL_ERROR = -32603
 PLUGIN_ERROR = -32000
 
 NULL_ID = b"null"
+
+#: The deepest nesting of arrays and objects a request body may have (the body itself is level 1).
+MAX_DEPTH = 128
+cdef Py_ssize_t _MAX_DEPTH = MAX_DEPTH
+
+cdef enum:
+    _OTHER = 0
+    _BATCH = 1
+    _REQUEST = 2
+    _PARAMS = 3
+    _PARAMS_LIST = 4
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
@@ -99,8 +116,227 @@ cdef inline bint _float_id(object d):
     return type(d.get("id")) is float
 
 
+cdef inline bint _ws(unsigned char c) noexcept:
+    return c == 32 or c == 9 or c == 13 or c == 10
+
+
+cdef inline bint _plain_byte(unsigned char c) noexcept:
+    # Not whitespace, not structural, not a quote: part of a scalar run.
+    return not (_ws(c) or c == 123 or c == 125 or c == 91 or c == 93 or c == 58 or c == 44 or c == 34)
+
+
+def scan(body):
+    """The nesting depth of ``body`` and where, in its text, each request object
+    has its ``id`` and its ``params``' ``Spec``: ``[id_start, id_end, spec_start,
+    spec_end]`` (-1 where absent) for the body's object, or for each element of
+    its array.  No recursion and constant memory at any depth; for valid JSON the
+    spans are exact, for anything else a best effort (orjson judges validity)."""
+    if type(body) is not bytes:
+        body = bytes(body)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t pos = 0, ts, te, depth = 0, deepest = 0, plain = 0
+    cdef unsigned char c
+    cdef bint seen = False, opener
+    cdef int role, parent
+    cdef list items = []
+    cdef list stack = []
+    cdef list top, item, element
+    cdef object target, key
+    while pos < n:
+        c = p[pos]
+        if _ws(c):
+            pos += 1
+            continue
+        ts = pos
+        if c == 34:
+            te = pos + 1
+            while te < n:
+                if p[te] == 34:
+                    te += 1
+                    break
+                if p[te] == 92:
+                    if te + 1 < n:
+                        te += 2
+                        continue
+                    break
+                te += 1
+        elif c == 123 or c == 125 or c == 91 or c == 93 or c == 58 or c == 44:
+            te = pos + 1
+        else:
+            te = pos + 1
+            while te < n and _plain_byte(p[te]):
+                te += 1
+        pos = te
+        if plain:
+            if c == 123 or c == 91:
+                plain += 1
+                depth += 1
+                if depth > deepest:
+                    deepest = depth
+            elif c == 125 or c == 93:
+                plain -= 1
+                depth -= 1
+            continue
+        top = stack[-1] if stack else None
+        if c == 58:
+            continue
+        if c == 44:
+            if top is not None:
+                if top[2]:
+                    top[3] = True
+                else:
+                    top[5] += 1
+            continue
+        if c == 125 or c == 93:
+            if top is not None:
+                stack.pop()
+                depth -= 1
+                if top[6] is not None:
+                    top[6][0][top[6][1]] = top[7]
+                    top[6][0][top[6][1] + 1] = te
+            continue
+        opener = c == 123 or c == 91
+        role = _OTHER
+        item = None
+        target = None
+        if top is None:
+            if seen:
+                continue
+            seen = True
+            if c == 123:
+                item = [-1, -1, -1, -1]
+                items.append(item)
+                role = _REQUEST
+            elif c == 91:
+                role = _BATCH
+        else:
+            if top[2] and top[3]:
+                top[3] = False
+                if not opener:
+                    top[4] = PyBytes_FromStringAndSize(<const char*>p + ts, te - ts)
+                    continue
+                top[4] = None
+            parent = top[0]
+            key = top[4]
+            if parent == _BATCH:
+                element = [-1, -1, -1, -1]
+                items.append(element)
+                if c == 123:
+                    item = element
+                    role = _REQUEST
+            elif parent == _REQUEST:
+                item = top[1]
+                if key == b'"id"':
+                    target = (item, 0)
+                elif key == b'"params"':
+                    item[2] = -1
+                    item[3] = -1
+                    if c == 123:
+                        role = _PARAMS
+                    elif c == 91:
+                        role = _PARAMS_LIST
+            elif parent == _PARAMS:
+                item = top[1]
+                if key == b'"Spec"':
+                    target = (item, 2)
+            elif parent == _PARAMS_LIST:
+                if top[5] == 0 and c == 123:
+                    item = top[1]
+                    role = _PARAMS
+        if opener:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+            if role == _OTHER and target is None:
+                plain = 1
+            else:
+                stack.append([role, item, c == 123, c == 123, None, 0, target, ts])
+        elif target is not None:
+            target[0][target[1]] = ts
+            target[0][target[1] + 1] = te
+    return deepest, items
+
+
+def compact(text):
+    """JSON ``text`` without the whitespace between its tokens (numbers and strings
+    kept as written); ``text`` itself when it has none."""
+    if type(text) is not bytes:
+        return _compact_py(text)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(text)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text), i = 0, w = 0, e
+    cdef bint found = False
+    # First pass: is there whitespace outside strings at all?
+    while i < n:
+        if p[i] == 34:
+            i = _string_end(p, n, i)
+        elif _ws(p[i]):
+            found = True
+            break
+        else:
+            i += 1
+    if not found:
+        return text
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* q = PyBytes_AS_STRING(out)
+    i = 0
+    while i < n:
+        if p[i] == 34:
+            e = _string_end(p, n, i)
+            memcpy(q + w, p + i, <size_t>(e - i))
+            w += e - i
+            i = e
+        elif _ws(p[i]):
+            i += 1
+        else:
+            q[w] = <char>p[i]
+            w += 1
+            i += 1
+    return out[:w]
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos) noexcept:
+    """Where the string token that starts at ``pos`` ends (as scan() reads it)."""
+    cdef Py_ssize_t te = pos + 1
+    while te < n:
+        if p[te] == 34:
+            return te + 1
+        if p[te] == 92:
+            if te + 1 < n:
+                te += 2
+                continue
+            return te
+        te += 1
+    return te
+
+
+cdef object _raw_id(bytes body, list items):
+    """The id text of a body's single request object, if it is a valid id, else null."""
+    cdef list item
+    if len(items) == 1 and body.lstrip(b" \t\r\n")[:1] == b"{":
+        item = items[0]
+        if item[0] >= 0:
+            text = body[item[0] : item[1]]
+            try:
+                value = _loads(text)
+            except _JSONDecodeError:
+                return NULL_ID
+            if value is None or type(value) in (str, int, float):
+                return text
+    return NULL_ID
+
+
 def decode_body(body):
-    """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke."""
+    """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke
+    (``INVALID_PARAMS`` if it nests deeper than :data:`MAX_DEPTH`)."""
+    if body.count(b"{") + body.count(b"[") > _MAX_DEPTH:
+        depth, items = scan(body)
+        if depth > _MAX_DEPTH:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"invalid params: the request nests {depth} levels deep; at most {MAX_DEPTH} are allowed",
+                _raw_id(bytes(body), items),
+            )
     try:
         doc = _loads(body)
     except _JSONDecodeError as exc:

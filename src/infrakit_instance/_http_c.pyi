@@ -28,8 +28,19 @@ class Request:
     content_type: bytes | None
     keep_alive: bool
     body: bytes
+    host: bytes | None
+    origin: bytes | None
+    authorization: bytes | None
     def __init__(
-        self, method: bytes, path: bytes, content_type: bytes | None, keep_alive: bool, body: bytes
+        self,
+        method: bytes,
+        path: bytes,
+        content_type: bytes | None,
+        keep_alive: bool,
+        body: bytes,
+        host: bytes | None = None,
+        origin: bytes | None = None,
+        authorization: bytes | None = None,
     ) -> None: ...
     __hash__: None  # type: ignore[assignment]
 
@@ -40,6 +51,10 @@ class HttpParser:
     def __init__(self, max_body: int = ..., max_header: int = ...) -> None: ...
     @property
     def idle(self) -> bool: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def in_body(self) -> bool: ...
     def feed(self, data: bytes) -> list[Request | HttpError | _Continue]: ...
 
 def build_head(

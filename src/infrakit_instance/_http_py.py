@@ -28,6 +28,8 @@ _REASONS = {
     100: b"Continue",
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -73,14 +75,28 @@ CONTINUE = _Continue()
 class Request:
     """One complete request: only what the plugin needs of it."""
 
-    __slots__ = ("body", "content_type", "keep_alive", "method", "path")
+    __slots__ = ("authorization", "body", "content_type", "host", "keep_alive", "method", "origin", "path")
 
-    def __init__(self, method: bytes, path: bytes, content_type: bytes | None, keep_alive: bool, body: bytes) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        path: bytes,
+        content_type: bytes | None,
+        keep_alive: bool,
+        body: bytes,
+        host: bytes | None = None,
+        origin: bytes | None = None,
+        authorization: bytes | None = None,
+    ) -> None:
         self.method = method
         self.path = path
         self.content_type = content_type
         self.keep_alive = keep_alive
         self.body = body
+        # Only a TCP listener checks these (the unix socket's mode is its guard).
+        self.host = host
+        self.origin = origin
+        self.authorization = authorization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Request) and (
@@ -89,7 +105,19 @@ class Request:
             self.content_type,
             self.keep_alive,
             self.body,
-        ) == (other.method, other.path, other.content_type, other.keep_alive, other.body)
+            self.host,
+            self.origin,
+            self.authorization,
+        ) == (
+            other.method,
+            other.path,
+            other.content_type,
+            other.keep_alive,
+            other.body,
+            other.host,
+            other.origin,
+            other.authorization,
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -118,12 +146,25 @@ class HttpParser:
         self._method = b""
         self._path = b""
         self._ctype: bytes | None = None
+        self._host: bytes | None = None
+        self._origin: bytes | None = None
+        self._auth: bytes | None = None
         self._keep_alive = True
 
     @property
     def idle(self) -> bool:
         """True between requests with nothing buffered (safe to time out)."""
         return self._state == _HEADERS and not self._buf
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of unfinished requests held (the header block or body so far)."""
+        return len(self._buf) + len(self._body)
+
+    @property
+    def in_body(self) -> bool:
+        """True while a request's body is arriving (its headers are complete)."""
+        return _BODY <= self._state <= _TRAILERS
 
     def feed(self, data: bytes) -> list[Request | HttpError | _Continue]:
         out: list[Request | HttpError | _Continue] = []
@@ -259,6 +300,9 @@ class HttpParser:
         length = -1
         chunked = False
         ctype: bytes | None = None
+        host: bytes | None = None
+        origin: bytes | None = None
+        auth: bytes | None = None
         expect = False
         for raw in lines[1:]:
             line = raw.rstrip(b"\r")
@@ -284,6 +328,14 @@ class HttpParser:
                 chunked = True
             elif lname == b"content-type":
                 ctype = value
+            elif lname == b"host":
+                if host is not None:
+                    raise HttpError(400, "more than one Host header")
+                host = value
+            elif lname == b"origin":
+                origin = value
+            elif lname == b"authorization":
+                auth = value
             elif lname == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if b"close" in tokens:
@@ -301,6 +353,9 @@ class HttpParser:
         self._method = method
         self._path = path
         self._ctype = ctype
+        self._host = host
+        self._origin = origin
+        self._auth = auth
         self._keep_alive = keep_alive
         if chunked:
             self._state = _CHUNK_SIZE
@@ -317,7 +372,9 @@ class HttpParser:
         return True
 
     def _finish(self, body: bytes, out: list[Request | HttpError | _Continue]) -> None:
-        out.append(Request(self._method, self._path, self._ctype, self._keep_alive, body))
+        out.append(
+            Request(self._method, self._path, self._ctype, self._keep_alive, body, self._host, self._origin, self._auth)
+        )
         self._state = _HEADERS if self._keep_alive else _DEAD
         if not self._keep_alive:
             self._buf.clear()

@@ -6,6 +6,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "MAX_DEPTH",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PLUGIN_ERROR",
@@ -14,7 +15,9 @@ __all__ = [
     "decode_body",
     "encode_error",
     "encode_id",
+    "compact",
     "encode_result",
+    "scan",
     "split_call",
 ]
 
@@ -25,6 +28,7 @@ INVALID_PARAMS: Final[int]
 INTERNAL_ERROR: Final[int]
 PLUGIN_ERROR: Final[int]
 NULL_ID: Final[bytes]
+MAX_DEPTH: Final[int]
 
 class RpcError(Exception):
     code: int
@@ -40,6 +44,8 @@ class Call:
     def __init__(self, method: str, params: dict[str, Any], id_json: bytes | None) -> None: ...
     __hash__: None  # type: ignore[assignment]
 
+def compact(text: bytes) -> bytes: ...
+def scan(body: bytes) -> tuple[int, list[list[int]]]: ...
 def decode_body(body: bytes) -> Any: ...
 def encode_id(value: Any) -> bytes: ...
 def split_call(doc: Any) -> Call: ...

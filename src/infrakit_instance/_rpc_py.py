@@ -9,6 +9,7 @@ response must echo.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "MAX_DEPTH",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "PLUGIN_ERROR",
@@ -25,7 +27,9 @@ __all__ = [
     "decode_body",
     "encode_error",
     "encode_id",
+    "compact",
     "encode_result",
+    "scan",
     "split_call",
 ]
 
@@ -37,6 +41,17 @@ INTERNAL_ERROR = -32603
 PLUGIN_ERROR = -32000
 
 NULL_ID = b"null"
+
+#: The deepest nesting of arrays and objects a request body may have (the body itself is level 1).
+MAX_DEPTH = 128
+
+# The tokens of a JSON text: a string (to its closing quote, or to the end of a
+# body that never closes it), a structural character, or a run of anything else.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*"?|[{}\[\]:,]|[^ \t\r\n{}\[\]:,"]+')
+_K_ID, _K_PARAMS, _K_SPEC = b'"id"', b'"params"', b'"Spec"'
+# What an open container is to scan(): nothing of interest, the batch, a request
+# object, its params object, its params array.
+_OTHER, _BATCH, _REQUEST, _PARAMS, _PARAMS_LIST = range(5)
 
 
 class RpcError(Exception):
@@ -85,8 +100,153 @@ class Call:
         return f"Call({self.method!r}, {self.params!r}, {self.id_json!r})"
 
 
+def scan(body: bytes) -> tuple[int, list[list[int]]]:
+    """The nesting depth of ``body`` and where, in its text, each request object
+    has its ``id`` and its ``params``' ``Spec``: ``[id_start, id_end, spec_start,
+    spec_end]`` (-1 where absent) for the body's object, or for each element of
+    its array.  No recursion and constant memory at any depth; for valid JSON the
+    spans are exact, for anything else a best effort (orjson judges validity)."""
+    depth = deepest = plain = 0
+    seen = False
+    items: list[list[int]] = []
+    # The open containers that matter (the batch, request objects, their params,
+    # an id or Spec being measured): [role, item, is an object, expecting a key,
+    # last key, elements before the current one, span target, where it starts].
+    # Containers inside those that do not matter are only counted (plain).
+    stack: list[list[Any]] = []
+    for m in _TOKENS.finditer(body):
+        tok = m.group()
+        c = tok[0]
+        if plain:
+            if c == 123 or c == 91:
+                plain += 1
+                depth += 1
+                if depth > deepest:
+                    deepest = depth
+            elif c == 125 or c == 93:
+                plain -= 1
+                depth -= 1
+            continue
+        top = stack[-1] if stack else None
+        if c == 58:  # ':'
+            continue
+        if c == 44:  # ','
+            if top is not None:
+                if top[2]:
+                    top[3] = True
+                else:
+                    top[5] += 1
+            continue
+        if c == 125 or c == 93:  # '}' ']'
+            if top is not None:
+                stack.pop()
+                depth -= 1
+                if top[6] is not None:
+                    top[6][0][top[6][1]] = top[7]
+                    top[6][0][top[6][1] + 1] = m.end()
+            continue
+        opener = c == 123 or c == 91
+        role = _OTHER
+        item: list[int] | None = None
+        target: tuple[list[int], int] | None = None
+        if top is None:
+            if seen:
+                continue  # after the body's value: not JSON, orjson says so
+            seen = True
+            if c == 123:
+                item = [-1, -1, -1, -1]
+                items.append(item)
+                role = _REQUEST
+            elif c == 91:
+                role = _BATCH
+        else:
+            if top[2] and top[3]:
+                top[3] = False
+                if not opener:  # an object's key
+                    top[4] = tok
+                    continue
+                top[4] = None
+            parent = top[0]
+            key = top[4]
+            if parent == _BATCH:
+                element = [-1, -1, -1, -1]
+                items.append(element)
+                if c == 123:
+                    item, role = element, _REQUEST
+            elif parent == _REQUEST:
+                item = top[1]
+                assert item is not None
+                if key == _K_ID:
+                    target = (item, 0)
+                elif key == _K_PARAMS:
+                    item[2] = item[3] = -1
+                    if c == 123:
+                        role = _PARAMS
+                    elif c == 91:
+                        role = _PARAMS_LIST
+            elif parent == _PARAMS:
+                item = top[1]
+                if key == _K_SPEC:
+                    assert item is not None
+                    target = (item, 2)
+            elif parent == _PARAMS_LIST:
+                if top[5] == 0 and c == 123:
+                    item, role = top[1], _PARAMS
+        if opener:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+            if role == _OTHER and target is None:
+                plain = 1
+            else:
+                stack.append([role, item, c == 123, c == 123, None, 0, target, m.start()])
+        elif target is not None:
+            target[0][target[1]] = m.start()
+            target[0][target[1] + 1] = m.end()
+    return deepest, items
+
+
+_STRING = re.compile(rb'("[^"\\]*(?:\\[\s\S][^"\\]*)*"?)')
+_WS = b" \t\r\n"
+
+
+def compact(text: bytes) -> bytes:
+    """JSON ``text`` without the whitespace between its tokens (numbers and strings
+    kept as written); ``text`` itself when it has none."""
+    if b" " not in text and b"\n" not in text and b"\t" not in text and b"\r" not in text:
+        return text
+    parts = _STRING.split(text)
+    outside = b"".join(parts[0::2])
+    if len(outside.translate(None, _WS)) == len(outside):
+        return text  # already compact: the usual case (Go's encoder writes no spaces)
+    parts[0::2] = [p.translate(None, _WS) for p in parts[0::2]]
+    return b"".join(parts)
+
+
+def _raw_id(body: bytes, items: list[list[int]]) -> bytes:
+    """The id text of a body's single request object, if it is a valid id, else null."""
+    if len(items) == 1 and items[0][0] >= 0 and body.lstrip(b" \t\r\n")[:1] == b"{":
+        text = body[items[0][0] : items[0][1]]
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return NULL_ID
+        if value is None or type(value) in (str, int, float):
+            return text
+    return NULL_ID
+
+
 def decode_body(body: bytes) -> Any:
-    """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke."""
+    """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke
+    (``INVALID_PARAMS`` if it nests deeper than :data:`MAX_DEPTH`)."""
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+        depth, items = scan(body)
+        if depth > MAX_DEPTH:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"invalid params: the request nests {depth} levels deep; at most {MAX_DEPTH} are allowed",
+                _raw_id(body, items),
+            )
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -55,12 +55,10 @@ def _load_provider(spec: str, config_file: str | None, opts: tuple[str, ...]) ->
         raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _setup_logging(level: int) -> None:
-    logging.basicConfig(
-        level=LOG_LEVELS[level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: int, fmt: str = "text") -> None:
+    from .logs import setup
+
+    setup(LOG_LEVELS[level], fmt)
 
 
 def _version_text() -> str:
@@ -218,12 +216,160 @@ class _Main(click.Group):
     help="Seconds any provider call (provision, destroy, status...) may take before it fails; 0: no limit.",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    show_envvar=True,
+    help="Log lines as text, or as one JSON object a line (time, level, logger, conn, message).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a request may take to arrive whole, from its first byte (later: HTTP 408, closed).",
+)
+@click.option(
+    "--min-body-rate",
+    type=click.IntRange(0),
+    default=1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes per second a request body must keep up, over each 2 s (slower: HTTP 408); 0: no minimum.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    show_envvar=True,
+    help="Open connections at most; at the limit, accepting pauses until one closes.",
+)
+@click.option(
+    "--max-buffered",
+    type=click.IntRange(1),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of unfinished requests held across all connections (past it: HTTP 503, closed).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    show_envvar=True,
+    help="Requests in one JSON-RPC batch at most (more: -32600).",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=click.IntRange(1),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of answers one batch may get; answers past it are -32000 errors saying so.",
+)
+@click.option(
+    "--describe-cache",
+    type=click.IntRange(0),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of DescribeInstances answers kept for reuse (least recently used dropped first).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    default=False,
+    show_envvar=True,
+    help="Allow a tcp:// address other hosts can reach (needs --auth-token-file).",
+)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    show_envvar=True,
+    help="File holding the token every TCP request must send as 'Authorization: Bearer <token>'.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    show_envvar=True,
+    help="A further name TCP requests may give in Host or Origin (besides localhost and the listen address).",
+)
+@click.option(
     "--version",
     is_flag=True,
     expose_value=False,
     is_eager=True,
     callback=_print_version,
     help="Print version information (as the version command) and exit.",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    show_envvar=True,
+    help=(
+        "Keep the state in etcd instead of the state file: etcd://host:port[,host:port...]/prefix"
+        " (one replica per manager may share a prefix). [default: the --state file]"
+    ),
+)
+@click.option(
+    "--etcd-cacert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="CA bundle that signs etcd's server certificates (TLS).",
+)
+@click.option(
+    "--etcd-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="Client certificate for etcd (TLS).",
+)
+@click.option(
+    "--etcd-key", type=click.Path(dir_okay=False), default=None, show_envvar=True, help="Client key for etcd (TLS)."
+)
+@click.option(
+    "--etcd-user",
+    default=None,
+    show_envvar=True,
+    help="etcd user; the password comes from --etcd-password-file or INFRAKIT_INSTANCE_ETCD_PASSWORD.",
+)
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_envvar=True,
+    help="File holding the etcd user's password.",
+)
+@click.option(
+    "--etcd-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a change may wait for etcd to commit it (retries included) before it fails with -32000.",
+)
+@click.option(
+    "--max-txn-ops",
+    type=click.IntRange(2),
+    default=128,
+    show_default=True,
+    show_envvar=True,
+    help="Operations per etcd transaction when concurrent changes are committed together (etcd's --max-txn-ops).",
+)
+@click.option(
+    "--consistent-reads",
+    is_flag=True,
+    default=False,
+    show_envvar=True,
+    help="With etcd: each Describe first catches up with a quorum revision (every replica's acknowledged changes).",
 )
 @click.pass_context
 def main(
@@ -241,14 +387,34 @@ def main(
     provider_opts: tuple[str, ...],
     sync_interval: float | None,
     provider_timeout: float,
+    log_format: str,
+    request_timeout: float,
+    min_body_rate: int,
+    max_connections: int,
+    max_buffered: int,
+    max_batch: int,
+    max_batch_bytes: int,
+    describe_cache: int,
+    allow_remote: bool,
+    auth_token_file: str | None,
+    allow_hosts: tuple[str, ...],
+    store_url: str | None,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    etcd_user: str | None,
+    etcd_password_file: str | None,
+    etcd_timeout: float,
+    max_txn_ops: int,
+    consistent_reads: bool,
 ) -> None:
     """InfraKit instance plugin: serves InfraKit's Instance API (0.1.0 to 0.6.1) on a
     unix socket and keeps every instance in one JSON state file."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     if ctx.invoked_subcommand is not None:
         return
     from .provider import ProviderError
-    from .server import Config, SocketInUse, run
+    from .server import Config, EdgeError, SocketInUse, check_edge, run
 
     try:
         mode = int(socket_mode, 8)
@@ -263,7 +429,23 @@ def main(
         raise click.BadParameter("use unix:///path or tcp://host:port", param_hint="--listen")
     if listen.startswith("tcp://") and not listen[6:].rpartition(":")[2].isdigit():
         raise click.BadParameter("tcp:// needs host:port, e.g. tcp://127.0.0.1:24864", param_hint="--listen")
+    token = None
+    if auth_token_file is not None:
+        with open(auth_token_file, "rb") as f:
+            token = f.read().strip()
+        if not token or any(c <= 32 or c > 126 for c in token):
+            raise click.BadParameter(
+                "the token file must hold one token of printable ASCII characters", param_hint="--auth-token-file"
+            )
+    etcd = None
+    if store_url:
+        etcd = _etcd_options(
+            store_url, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_timeout, max_txn_ops
+        )
+        etcd.consistent_reads = consistent_reads
     config = Config(
+        store_url=store_url or "",
+        etcd=etcd,
         name=name,
         listen=listen,
         state=state or state_path(name),
@@ -275,7 +457,21 @@ def main(
         provider=_load_provider(provider_spec, provider_config, provider_opts),
         provider_timeout=provider_timeout,
         sync_interval=sync_interval,
+        request_timeout=request_timeout,
+        min_body_rate=min_body_rate,
+        max_connections=max_connections,
+        max_buffered=max_buffered,
+        max_batch=max_batch,
+        max_batch_bytes=max_batch_bytes,
+        describe_cache=describe_cache,
+        allow_remote=allow_remote,
+        auth_token=token,
+        allow_hosts=allow_hosts,
     )
+    try:
+        check_edge(config)
+    except EdgeError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         code = run(config)
     except (SocketInUse, StateError, StoreError) as exc:
@@ -290,10 +486,65 @@ def main(
     sys.exit(code)
 
 
+def _etcd_options(
+    url: str,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    user: str | None,
+    password_file: str | None,
+    timeout: float,
+    max_txn_ops: int,
+) -> Any:
+    """The etcd options, or a click error saying what is wrong with the URL or the credentials."""
+    from .store.etcd import EtcdOptions, parse_url, password_from
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
+    if bool(cert) != bool(key):
+        raise click.BadParameter("give both --etcd-cert and --etcd-key, or neither", param_hint="--etcd-cert")
+    try:
+        password = password_from(password_file)
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-password-file") from None
+    if user and password is None:
+        raise click.BadParameter(
+            "--etcd-user needs a password: --etcd-password-file or INFRAKIT_INSTANCE_ETCD_PASSWORD",
+            param_hint="--etcd-user",
+        )
+    return EtcdOptions(
+        cacert=cacert,
+        cert=cert,
+        key=key,
+        user=user,
+        password=password if user else None,
+        timeout=timeout,
+        max_txn_ops=max_txn_ops,
+    )
+
+
 @main.command()
 def version() -> None:
     """Print version information: this package, the implementation, uvloop and orjson."""
     click.echo(_version_text())
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def examples(directory: str) -> None:
+    """Copy the exec provider's example (a script for every hook and its config) into DIRECTORY."""
+    from .examples import copy_examples
+
+    try:
+        script, config = copy_examples(directory)
+    except FileExistsError as exc:
+        raise click.UsageError(f"{exc}: choose another directory") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the examples: {exc}") from None
+    click.echo(f"wrote {script} and {config}; run the plugin with them:")
+    click.echo(f"  infrakit-instance --provider exec --provider-config {config} --sync-interval 30")
 
 
 main.add_command(state_group)

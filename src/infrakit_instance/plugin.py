@@ -7,6 +7,7 @@ state to be durable or for the provider.  Errors are :class:`RpcError`.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,8 @@ from .state import Record
 from .store import Store, StoreError, UnknownInstance
 
 __all__ = ["INSTANCE_VERSIONS", "Plugin"]
+
+log = logging.getLogger(__name__)
 
 RpcError = rpc.RpcError
 INVALID_PARAMS = rpc.INVALID_PARAMS
@@ -68,6 +71,7 @@ class Plugin:
         self.provider = provider or LogicalProvider()
         self.name = name
         self._rand = random.Random()
+        self._proposed: set[str] = set()  # IDs handed to the provider, not yet recorded
         self.methods: dict[str, Callable[[dict[str, Any]], Result]] = {
             "Plugin.Implements": self.implements,
             "Handshake.Implements": self.implements,
@@ -109,7 +113,8 @@ class Plugin:
             return answer
         return self._provider_call(self.provider.validate(params.get("Properties")), answer)
 
-    def provision(self, params: dict[str, Any]) -> Result:
+    def provision(self, params: dict[str, Any], spec_json: bytes | None = None) -> Result:
+        """``spec_json``: the Spec's own text from the request (kept as is, so its numbers round-trip)."""
         type_json = self._type(params)
         spec = params.get("Spec")
         if not isinstance(spec, dict):
@@ -126,42 +131,59 @@ class Plugin:
             not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments)
         ):
             raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+        spec_text = spec_json if spec_json is not None else codec.encode_spec(spec)
+        # The ID is chosen before the provider acts and handed to it, so that a provider
+        # can be idempotent, and clean up what a failed or timed-out provision left.
+        instance_id = self._new_id()
         if self.provider.logical:
-            return self._record(spec, tags, logical_id, None, type_json)
-        return self._provision_with_provider(spec, tags, logical_id, type_json)
+            return self._record(spec_text, tags, logical_id, instance_id, type_json)
+        return self._provision_with_provider(spec, spec_text, tags, logical_id, instance_id, type_json)
+
+    def _new_id(self) -> str:
+        """A fresh ID: random like InfraKit's own plugins, checked against every ID in the state
+        and every provision under way."""
+        state = self.store.state
+        while True:
+            instance_id = f"instance-{self._rand.getrandbits(63)}"
+            if not state.known(instance_id) and instance_id not in self._proposed:
+                return instance_id
 
     async def _provision_with_provider(
-        self, spec: dict[str, Any], tags: dict[str, str], logical_id: str | None, type_json: bytes
+        self,
+        spec: dict[str, Any],
+        spec_text: bytes,
+        tags: dict[str, str],
+        logical_id: str | None,
+        proposed: str,
+        type_json: bytes,
     ) -> bytes:
+        self._proposed.add(proposed)
         try:
-            made = await self.provider.provision(spec)
-        except ProviderError as exc:
-            raise RpcError(PLUGIN_ERROR, f"provision failed: {exc}") from None
-        instance_id = None
+            try:
+                made = await self.provider.provision(spec, proposed)
+            except ProviderError as exc:
+                log.warning("provision of proposed instance %s failed: %s", proposed, exc)
+                raise RpcError(PLUGIN_ERROR, f"provision failed: {exc}") from None
+        finally:
+            self._proposed.discard(proposed)
+        instance_id = proposed
         if made is not None:
-            instance_id = made.id
+            instance_id = made.id or proposed
             if made.tags:
                 tags = {**tags, **made.tags}
-        if instance_id is not None and self.store.state.known(instance_id):
+        if self.store.state.known(instance_id):
             raise RpcError(PLUGIN_ERROR, f"provider returned instance ID {instance_id} that already exists")
-        return await self._record(spec, tags, logical_id, instance_id, type_json).wait()
+        return await self._record(spec_text, tags, logical_id, instance_id, type_json).wait()
 
     def _record(
         self,
-        spec: dict[str, Any],
+        spec_text: bytes,
         tags: dict[str, str],
         logical_id: str | None,
-        instance_id: str | None,
+        instance_id: str,
         type_json: bytes,
     ) -> Pending:
-        state = self.store.state
-        if instance_id is None:
-            # Random like InfraKit's own plugins, checked against every ID in the state.
-            while True:
-                instance_id = f"instance-{self._rand.getrandbits(63)}"
-                if not state.known(instance_id):
-                    break
-        rec = Record(instance_id, codec.encode_brief(instance_id, logical_id, tags), codec.encode_spec(spec))
+        rec = Record(instance_id, codec.encode_brief(instance_id, logical_id, tags), spec_text)
         try:
             fut = self.store.provision(rec, tags)
         except StoreError as exc:
@@ -219,7 +241,7 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         return Pending(fut, _OK % type_json)
 
-    def describe(self, params: dict[str, Any]) -> bytes | Parts:
+    def describe(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
         tags = _string_map(params.get("Tags"), "Tags")
         properties = params.get("Properties", False)
@@ -227,10 +249,22 @@ class Plugin:
             properties = False
         if not isinstance(properties, bool):
             raise _params_error('"Properties" must be true or false')
+        barrier = self.store.read_barrier()
+        if barrier is not None:
+            return self._describe_after(barrier, type_json, tags or None, properties)
         descriptions = self.store.describe(tags or None, properties)
         if len(descriptions) < _BIG:
             return codec.describe_result(type_json, descriptions)
         return Parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
+
+    async def _describe_after(
+        self, barrier: Awaitable[None], type_json: bytes, tags: dict[str, str] | None, properties: bool
+    ) -> bytes:
+        try:
+            await barrier
+        except StoreError as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return codec.describe_result(type_json, self.store.describe(tags, properties))
 
     async def _provider_call(
         self,
@@ -251,8 +285,14 @@ class Plugin:
 
     def api_info(self) -> bytes:
         """``GET /info/api.json``: what this plugin implements."""
+        # The shapes of deploykit's pkg/plugin MethodDescription: Request and
+        # Response, their ids Go strings (InfraKit's info client decodes them so).
         methods = [
-            {"Method": m, "Request": {"jsonrpc": "2.0", "method": m, "params": example, "id": 1}}
+            {
+                "Method": m,
+                "Request": {"jsonrpc": "2.0", "method": m, "params": example, "id": "1"},
+                "Response": {"result": _RESULTS[m], "id": "1"},
+            }
             for m, example in _EXAMPLES.items()
         ]
         return orjson.dumps(
@@ -282,4 +322,14 @@ _EXAMPLES: dict[str, Any] = {
     "Instance.Label": {"Type": "", "Instance": "instance-1", "Labels": {"key": "value"}},
     "Instance.Destroy": {"Type": "", "Instance": "instance-1", "Context": {"Reason": "terminate"}},
     "Instance.DescribeInstances": {"Type": "", "Tags": {"infrakit.group": "workers"}, "Properties": False},
+}
+_RESULTS: dict[str, Any] = {
+    "Instance.Validate": {"Type": "", "OK": True},
+    "Instance.Provision": {"Type": "", "ID": "instance-1"},
+    "Instance.Label": {"Type": "", "OK": True},
+    "Instance.Destroy": {"Type": "", "OK": True},
+    "Instance.DescribeInstances": {
+        "Type": "",
+        "Descriptions": [{"ID": "instance-1", "LogicalID": None, "Tags": {"infrakit.group": "workers"}}],
+    },
 }

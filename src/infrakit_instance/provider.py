@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,9 +105,12 @@ class Provider:
     async def validate(self, properties: Any) -> None:
         """Raise :class:`ProviderError` if ``properties`` cannot be provisioned."""
 
-    async def provision(self, spec: dict[str, Any]) -> Provisioned | None:
+    async def provision(self, spec: dict[str, Any], instance_id: str | None = None) -> Provisioned | None:
         """Create the instance described by ``spec`` (``Properties``, ``Tags``,
-        ``Init``, ``LogicalID``, ``Attachments``)."""
+        ``Init``, ``LogicalID``, ``Attachments``).  ``instance_id`` is the ID the
+        plugin chose for it before calling (recorded unless the provider returns
+        another): name the resource after it to be idempotent and to find what a
+        failed or timed-out provision left behind."""
         return None
 
     async def destroy(self, instance_id: str, description: dict[str, Any], context: dict[str, Any]) -> None:
@@ -148,15 +152,18 @@ class BoundedProvider(Provider):
         self.inner = inner
         self.timeout = timeout
         self.logical = inner.logical
+        self._takes_id = _takes_instance_id(inner)
 
     async def _call(self, hook: str, call: Awaitable[T]) -> T:
         try:
             if self.timeout > 0:
                 return await asyncio.wait_for(call, self.timeout)
             return await call
-        except ProviderError:
+        except ProviderError as exc:
+            log.warning("provider %s failed: %s", hook, exc)
             raise
         except asyncio.TimeoutError:
+            log.warning("provider %s did not finish within %g s", hook, self.timeout)
             raise ProviderError(
                 f"the provider did not finish {hook} within {self.timeout:g} s (--provider-timeout)"
             ) from None
@@ -173,8 +180,12 @@ class BoundedProvider(Provider):
     async def validate(self, properties: Any) -> None:
         await self._call("validate", self.inner.validate(properties))
 
-    async def provision(self, spec: dict[str, Any]) -> Provisioned | None:
-        made = await self._call("provision", self.inner.provision(spec))
+    async def provision(self, spec: dict[str, Any], instance_id: str | None = None) -> Provisioned | None:
+        if self._takes_id:
+            call = self.inner.provision(spec, instance_id)
+        else:  # a provider written before the proposed ID was passed
+            call = self.inner.provision(spec)
+        made = await self._call("provision", call)
         if made is None:
             return None
         if not isinstance(made, Provisioned):
@@ -210,3 +221,15 @@ class BoundedProvider(Provider):
                     f"the provider's status said {value!r} of instance {key!r}; expected healthy, broken or gone"
                 ) from None
         return out
+
+
+def _takes_instance_id(provider: Provider) -> bool:
+    """Whether ``provider.provision`` accepts the proposed instance ID as its second argument."""
+    try:
+        params = list(inspect.signature(provider.provision).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2

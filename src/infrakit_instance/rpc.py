@@ -15,6 +15,27 @@ __all__ = ["Dispatcher", "Parts", "Pending"]
 log = logging.getLogger(__name__)
 
 RpcError = envelope.RpcError
+
+#: Defaults of the batch limits (--max-batch, --max-batch-bytes).
+MAX_BATCH = 100
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+#: JSON text without the whitespace between its tokens (numbers and strings kept as written).
+compact = envelope.compact
+
+
+def error_answer(id_json: bytes, code: int, message: str, method: str | None) -> bytes:
+    """An error answer, logged at info level with its method, id, code and message."""
+    log.info(
+        "error answer: method=%s id=%s code=%d: %s",
+        method if method is not None else "-",
+        id_json[:100].decode("utf-8", "replace"),
+        code,
+        message if len(message) <= 500 else message[:500] + "...",
+    )
+    return envelope.encode_error(id_json, code, message)
+
+
 Method = Callable[[dict[str, Any]], "bytes | Parts | Pending | Awaitable[bytes]"]
 
 
@@ -39,25 +60,28 @@ class Pending:
     sent once it succeeds; ``id_json`` is set once the dispatcher has put the
     answer in its envelope, and says which id an error answer carries."""
 
-    __slots__ = ("answer", "done", "id_json")
+    __slots__ = ("answer", "done", "id_json", "method")
 
-    def __init__(self, done: asyncio.Future[None], answer: bytes, id_json: bytes | None = None) -> None:
+    def __init__(
+        self, done: asyncio.Future[None], answer: bytes, id_json: bytes | None = None, method: str | None = None
+    ) -> None:
         self.done = done
         self.answer = answer
         self.id_json = id_json
+        self.method = method
 
     def settle(self) -> bytes:
         """The response, once ``done`` is: the answer, or the error the change failed with."""
         id_json = self.id_json or b"null"
         if self.done.cancelled():
             message = "the change was cancelled before it was written"
-            return envelope.encode_error(id_json, envelope.INTERNAL_ERROR, message)
+            return error_answer(id_json, envelope.INTERNAL_ERROR, message, self.method)
         exc = self.done.exception()
         if exc is None:
             return self.answer
         if isinstance(exc, RpcError):
-            return envelope.encode_error(id_json, exc.code, exc.message)
-        return envelope.encode_error(id_json, envelope.PLUGIN_ERROR, str(exc))
+            return error_answer(id_json, exc.code, exc.message, self.method)
+        return error_answer(id_json, envelope.PLUGIN_ERROR, str(exc), self.method)
 
     async def wait(self) -> bytes:
         """For coroutines: the answer once durable, or the failure as an :class:`RpcError`."""
@@ -78,59 +102,132 @@ class Dispatcher:
 
     Returns bytes when the answer is ready at once (the common case), ``None``
     when the body held only notifications (answer with an empty body), or a
-    future of either.
+    future of either.  Ids are echoed as the exact text the request gave; the
+    methods in ``spec_methods`` get the Spec's own text (compacted) as a second
+    argument, so that its numbers are kept exactly as sent.
     """
 
-    def __init__(self, methods: dict[str, Method]) -> None:
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        max_batch: int = MAX_BATCH,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        spec_methods: frozenset[str] = frozenset({"Instance.Provision"}),
+    ) -> None:
         self.methods = methods
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.spec_methods = spec_methods
 
     def handle(self, body: bytes) -> Answer:
         try:
             doc = envelope.decode_body(body)
         except RpcError as exc:
-            return envelope.encode_error(exc.id_json, exc.code, exc.message)
+            return error_answer(exc.id_json, exc.code, exc.message, None)
         if isinstance(doc, list):
-            return self._batch(doc)
-        return self._one(doc)
+            return self._batch(doc, body)
+        raw = None
+        if self._needs_text(doc, body):
+            raw = _texts(body, envelope.scan(body)[1])
+        return self._one(doc, raw[0] if raw else None)[0]
 
-    def _one(self, doc: Any) -> Answer:
+    def _needs_text(self, doc: Any, body: bytes) -> bool:
+        """Whether the id or the Spec of a request object must be read from the body's text."""
+        if not isinstance(doc, dict):
+            return False
+        if doc.get("method") in self.spec_methods:
+            return True
+        ident = doc.get("id")
+        kind = type(ident)
+        if kind is str:
+            return b"\\" in body  # an escape: orjson would write the string another way
+        if kind is int:
+            return ident == 0 and b"-0" in body
+        return kind is float
+
+    def _one(self, doc: Any, raw: tuple[bytes | None, bytes | None] | None) -> tuple[Answer, bytes, str | None]:
+        """The answer to one request object, the id it echoes, and its method."""
+        raw_id = raw[0] if raw is not None else None
         try:
             call = envelope.split_call(doc)
         except RpcError as exc:
-            return envelope.encode_error(exc.id_json, exc.code, exc.message)
-        id_json = call.id_json
-        method = self.methods.get(call.method)
+            bad_id = exc.id_json if raw_id is None or exc.id_json == b"null" else raw_id
+            what = doc.get("method") if isinstance(doc, dict) else None
+            answer = error_answer(bad_id, exc.code, exc.message, what if isinstance(what, str) else None)
+            return answer, bad_id, None
+        id_json: bytes | None = call.id_json
+        if id_json is not None and raw_id is not None:
+            id_json = raw_id
+        name = call.method
+        err_id = id_json or b"null"
+        method = self.methods.get(name)
         if method is None:
             if id_json is None:
-                return None
-            return envelope.encode_error(id_json, envelope.METHOD_NOT_FOUND, f"method not found: {call.method!r}")
+                return None, err_id, name
+            return error_answer(id_json, envelope.METHOD_NOT_FOUND, f"method not found: {name!r}", name), err_id, name
         try:
-            result = method(call.params)
+            if name in self.spec_methods and raw is not None and raw[1] is not None:
+                result = method(call.params, compact(raw[1]))  # type: ignore[call-arg]
+            else:
+                result = method(call.params)
         except RpcError as exc:
-            return None if id_json is None else envelope.encode_error(id_json, exc.code, exc.message)
+            answer = error_answer(err_id, exc.code, exc.message, name)
+            return (None if id_json is None else answer), err_id, name
         except Exception as exc:  # a bug must answer, not kill the connection
-            log.exception("%s failed", call.method)
-            return None if id_json is None else _internal(id_json, call.method, exc)
+            log.exception("%s failed", name)
+            answer = _internal(err_id, name, exc)
+            return (None if id_json is None else answer), err_id, name
         if isinstance(result, bytes):
-            return None if id_json is None else envelope.encode_result(id_json, result)
+            return (None if id_json is None else envelope.encode_result(id_json, result)), err_id, name
         if isinstance(result, Pending):
             if id_json is None:
-                return None  # a notification: nobody waits for the write
-            return Pending(result.done, envelope.encode_result(id_json, result.answer), id_json)
+                return None, err_id, name  # a notification: nobody waits for the write
+            return Pending(result.done, envelope.encode_result(id_json, result.answer), id_json, name), err_id, name
         if isinstance(result, Parts):
             if id_json is None:
-                return None
+                return None, err_id, name
             head, body, tail = tuple.__iter__(result)
-            return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}"))
-        return _finish(result, id_json, call.method)
+            return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}")), err_id, name
+        return _finish(result, id_json, name), err_id, name
 
-    def _batch(self, docs: list[Any]) -> Answer:
+    def _batch(self, docs: list[Any], body: bytes) -> Answer:
         if not docs:
-            return envelope.encode_error(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch")
-        answers = [self._one(d) for d in docs]
+            return error_answer(b"null", envelope.INVALID_REQUEST, "invalid request: empty batch", None)
+        if len(docs) > self.max_batch:
+            message = (
+                f"invalid request: a batch of {len(docs)} requests is over the limit of"
+                f" {self.max_batch} requests per batch (--max-batch)"
+            )
+            return error_answer(b"null", envelope.INVALID_REQUEST, message, None)
+        raws: list[tuple[bytes | None, bytes | None]] | None = None
+        if any(self._needs_text(d, body) for d in docs):
+            raws = _texts(body, envelope.scan(body)[1])
+            if len(raws) != len(docs):
+                raws = None
+        answers: list[Any] = []
+        total = 0
+        limit = self.max_batch_bytes
+        for i, d in enumerate(docs):
+            answer, id_json, name = self._one(d, raws[i] if raws is not None else None)
+            if isinstance(answer, (bytes, Parts)):
+                size = len(answer)
+                if total + size > limit:
+                    message = (
+                        f"this answer of {size} bytes would take the batch's answers over the limit of"
+                        f" {limit} bytes (--max-batch-bytes): send this request alone"
+                    )
+                    answer = error_answer(id_json, envelope.PLUGIN_ERROR, message, name)
+                    size = len(answer)
+                total += size
+            answers.append(answer)
         if all(isinstance(a, (bytes, Parts)) or a is None for a in answers):
             return _join(answers)
         return asyncio.ensure_future(_gather_batch(answers))
+
+
+def _texts(body: bytes, items: list[list[int]]) -> list[tuple[bytes | None, bytes | None]]:
+    """The id text and Spec text of each request object that :func:`scan` located."""
+    return [(body[i[0] : i[1]] if i[0] >= 0 else None, body[i[2] : i[3]] if i[2] >= 0 else None) for i in items]
 
 
 async def _gather_batch(answers: list[Any]) -> bytes | None:
@@ -153,7 +250,7 @@ def _join(answers: list[Any]) -> bytes | None:
 
 
 def _internal(id_json: bytes, method: str, exc: BaseException) -> bytes:
-    return envelope.encode_error(id_json, envelope.INTERNAL_ERROR, f"internal error in {method}: {exc!r}")
+    return error_answer(id_json, envelope.INTERNAL_ERROR, f"internal error in {method}: {exc!r}", method)
 
 
 def _finish(result: Awaitable[bytes], id_json: bytes | None, method: str) -> asyncio.Future[bytes | None]:
@@ -168,10 +265,10 @@ def _finish(result: Awaitable[bytes], id_json: bytes | None, method: str) -> asy
         if out.cancelled():
             return
         if f.cancelled():
-            answer = envelope.encode_error(id_json or b"null", envelope.INTERNAL_ERROR, f"{method} was cancelled")
+            answer = error_answer(id_json or b"null", envelope.INTERNAL_ERROR, f"{method} was cancelled", method)
         elif (exc := f.exception()) is not None:
             if isinstance(exc, RpcError):
-                answer = envelope.encode_error(id_json or b"null", exc.code, exc.message)
+                answer = error_answer(id_json or b"null", exc.code, exc.message, method)
             else:
                 log.error("%s failed", method, exc_info=exc)
                 answer = _internal(id_json or b"null", method, exc)

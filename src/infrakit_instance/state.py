@@ -69,8 +69,45 @@ class Record:
         return cls(instance_id, codec.encode_brief(instance_id, logical_id, tags), spec_json), tags
 
 
+class _AnswerCache:
+    """Describe answers by query, least recently used dropped first once they hold
+    more than :attr:`State.cache_bytes` (an answer bigger than that is not kept)."""
+
+    __slots__ = ("_answers", "size")
+
+    def __init__(self) -> None:
+        self._answers: dict[Any, bytes] = {}
+        self.size = 0
+
+    def get(self, key: Any) -> bytes | None:
+        answer = self._answers.pop(key, None)
+        if answer is not None:
+            self._answers[key] = answer  # now the most recently used
+        return answer
+
+    def __setitem__(self, key: Any, answer: bytes) -> None:
+        limit = State.cache_bytes
+        if len(answer) > limit:
+            return
+        answers = self._answers
+        self.size += len(answer)
+        answers[key] = answer
+        while self.size > limit:
+            self.size -= len(answers.pop(next(iter(answers))))
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self.size = 0
+
+
 class State:
     """Active instances in array order, the non-functional ones, and the Provider object."""
+
+    #: Bytes of Describe answers kept for reuse until the state changes (LRU; --describe-cache).
+    cache_bytes = 64 * 1024 * 1024
 
     def __init__(self) -> None:
         self.instances: dict[str, Record] = {}
@@ -78,7 +115,7 @@ class State:
         self.provider: bytes = b"{}"
         self._index: dict[tuple[str, str], dict[str, Record]] = {}
         self._unsorted: set[tuple[str, str]] = set()
-        self._cache: dict[Any, bytes] = {}
+        self._cache = _AnswerCache()
         self._first = 0
         self._last = 0
 

@@ -16,9 +16,10 @@ Options (docs/providers.md has the full contract and an example):
 ``cwd``
     The directory commands run in (default: the plugin's).
 
-Every command gets a JSON document on stdin and ``INFRAKIT_*`` environment
-variables; it fails by exiting non-zero, and its stderr (trimmed) becomes
-the error the InfraKit user sees.
+Every command gets a JSON document on stdin (reading it is optional) and
+``INFRAKIT_*`` environment variables (``INFRAKIT_INSTANCE_ID`` for provision is
+the ID the plugin proposes); it fails by exiting non-zero, and its stderr
+(trimmed) becomes the error the InfraKit user sees.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ class ExecProvider(Provider):
         if "validate" in self.commands:
             await self.run("validate", properties, {})
 
-    async def provision(self, spec: dict[str, Any]) -> Provisioned | None:
+    async def provision(self, spec: dict[str, Any], instance_id: str | None = None) -> Provisioned | None:
         env = {
+            "INFRAKIT_INSTANCE_ID": instance_id or "",
             "INFRAKIT_LOGICAL_ID": spec.get("LogicalID") or "",
             "INFRAKIT_TAGS": json.dumps(spec.get("Tags") or {}),
         }
@@ -247,11 +249,14 @@ class _OutputTooLarge(Exception):
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
     stdin = proc.stdin
     assert stdin is not None
-    # A command may exit without reading its input: that is its business.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.write(data)
-        await stdin.drain()
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+    # A command may exit, or close its stdin, without reading its input: that is its
+    # business.  The pipe then breaks, or (uvloop) its transport is already closed and
+    # write() raises RuntimeError: none of it is a failure of the command.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+        if not stdin.is_closing():
+            stdin.write(data)
+            await stdin.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
         stdin.close()
 
 

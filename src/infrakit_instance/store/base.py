@@ -74,3 +74,9 @@ class Store(ABC):
 
     def describe(self, tags: dict[str, str] | None, properties: bool) -> bytes:
         return self.state.describe(tags, properties)
+
+    def read_barrier(self) -> asyncio.Future[None] | None:
+        """None when reads may be served from memory now; else a future done once
+        memory has caught up with what the backend acknowledged (a shared backend's
+        consistent reads)."""
+        return None

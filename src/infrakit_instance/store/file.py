@@ -10,18 +10,22 @@
 * rare moves (NonFunctional, restore to the front, Provider) and files with
   too many holes are rewritten whole: temporary file, fsync, rename.
 
-Every in-place batch goes through the rollback :mod:`journal`; concurrent
-changes share one batch and so one pair of fsyncs (group commit).
+Every batch costs one sync: appends go straight to the file, everything else
+through the redo :mod:`journal`; concurrent changes share one batch (group
+commit).  All durable I/O goes through one :class:`~.disk.Disk`.  The state
+file itself (its inode) is locked, so one plugin owns it whatever path names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import fcntl
 import io
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,16 +36,21 @@ import orjson
 from .._impl import codec
 from ..state import Record, State, StateError
 from .base import Store, StoreError, StoreLocked, UnknownInstance
-from .journal import Journal, Region, recover, repair_torn_append, rolled_back
-from .journal import Record as UndoRecord
+from .damage import PAD_KEEP, diagnose
+from .disk import Disk
+from .journal import Journal, JournalStuck, Region, apply, apply_records, replay, replayed_image
 
 __all__ = [
     "FileStore",
+    "Inspected",
     "Loaded",
     "compacted_size",
+    "inspect_state",
     "load_state_bytes",
+    "load_state_fd",
     "load_state_file",
     "parse_state",
+    "read_all",
     "read_layout",
 ]
 
@@ -63,7 +72,7 @@ def parse_state(data: bytes, path: str) -> State:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise StateError(f"state file {path} is not valid JSON: {exc}") from None
+        raise StateError(f"state file {path} is not valid JSON at byte {exc.pos}: {exc}") from None
     try:
         return State.from_document(doc)
     except StateError as exc:
@@ -88,17 +97,37 @@ class Loaded:
 def load_state_file(path: str) -> Loaded:
     """Read a state file of any layout; :class:`StateError` says what is wrong with it."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        return load_state_fd(f.fileno(), path)
+
+
+def load_state_fd(fd: int, path: str) -> Loaded:
+    """:func:`load_state_file` of an open file (read from offset 0, the descriptor's position untouched)."""
+    size = os.fstat(fd).st_size
+    with os.fdopen(os.dup(fd), "rb") as f:
         placed = read_layout(f)
-        if placed is not None:
-            return Loaded(placed[0], placed[1], size)
-        f.seek(0)
-        data = f.read()
-    return load_state_bytes(data, path, layout=False)
+    if placed is not None:
+        return Loaded(placed[0], placed[1], size)
+    return load_state_bytes(read_all(fd), path, layout=False)
+
+
+def read_all(fd: int) -> bytes:
+    """The whole file, by ``pread`` (no new descriptor needed)."""
+    parts: list[bytes] = []
+    off = 0
+    while True:
+        piece = os.pread(fd, 1 << 22, off)
+        if not piece:
+            return b"".join(parts)
+        parts.append(piece)
+        off += len(piece)
 
 
 def load_state_bytes(data: bytes, path: str, layout: bool = True) -> Loaded:
-    """:func:`load_state_file` for a document already in memory."""
+    """:func:`load_state_file` for a document already in memory.
+
+    A torn last append (see :mod:`.damage`) is cut back (``repaired``); any
+    other damage raises :class:`StateError` naming the byte offset and the
+    intact instances around it."""
     if layout:
         placed = read_layout(io.BytesIO(data))
         if placed is not None:
@@ -106,10 +135,12 @@ def load_state_bytes(data: bytes, path: str, layout: bool = True) -> Loaded:
     try:
         return Loaded(parse_state(data, path), -1, len(data))
     except StateError:
-        repaired = repair_torn_append(data, _TAIL)
-        if repaired is None:
+        damage = diagnose(data)
+        if damage is None:
             raise
-    return Loaded(parse_state(repaired, path), -1, len(data), repaired)
+        if not damage.torn or damage.repaired is None:
+            raise StateError(damage.describe(path)) from None
+    return Loaded(parse_state(damage.repaired, path), -1, len(data), damage.repaired)
 
 
 _HEAD_END = b'"Instances":[\n'
@@ -172,6 +203,38 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
     return state, end
 
 
+@dataclass
+class Inspected:
+    """A state file as the next start would see it, read without changing anything."""
+
+    data: bytes  # the file's bytes
+    image: bytes  # ... with the journal replayed, if it applies
+    replayed: int  # batches the journal replays
+    mismatch: str | None  # why a journal present does not apply
+
+
+def inspect_state(path: str) -> Inspected:
+    """Read a state file and its journal as :meth:`FileStore.open` would, changing nothing."""
+    path = os.path.realpath(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    try:
+        fd = os.open(path + ".journal", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Inspected(data, data, 0, None)
+    except OSError as exc:
+        return Inspected(data, data, 0, f"cannot read the journal: {exc}")
+    try:
+        raw = read_all(fd)
+    finally:
+        os.close(fd)
+    verdict = replay(raw, data, st.st_dev, st.st_ino)
+    if verdict.applies:
+        return Inspected(data, replayed_image(data, verdict.records), len(verdict.records), None)
+    return Inspected(data, data, 0, verdict.mismatch)
+
+
 def compacted_size(state: State) -> int:
     """How big the file would be, rewritten whole now (without removals' whitespace)."""
     return len(state.document(_SLACK)[0])
@@ -180,20 +243,70 @@ def compacted_size(state: State) -> int:
 def _padding(end: int) -> int:
     """Spaces kept past the document's end, so that appends overwrite allocated
     bytes and the file size (inode metadata) rarely changes: that makes each
-    append's fdatasync a plain data flush.  JSON allows trailing whitespace."""
+    append's fdatasync a plain data flush.  JSON allows trailing whitespace.
+    Never fewer than ``PAD_KEEP`` remain after a batch: that is how a torn
+    append is told from a file cut short (see :mod:`.damage`)."""
     return max(_PAD_MIN, end // 8)
 
 
-class FileStore(Store):
-    """The state as one JSON file, changed in place under a rollback journal."""
+#: Append batches in a row that go through the journal before a checkpoint returns to direct appends.
+_JOURNALED_APPENDS = 16
 
-    def __init__(self, path: str, fsync: bool = True, compact_ratio: float = 2.0) -> None:
+
+class StoreStopped(StoreError):
+    """The store stopped taking changes after a write it could not undo."""
+
+
+def _makedirs(path: str) -> None:
+    """Create missing directories, each 0700."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
+def _holder(dev: int, ino: int) -> str:
+    """Which process has this file open, and by what path (Linux /proc; best effort)."""
+    me = os.getpid()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    except OSError:
+        return "another process"
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    return f"process {pid}, which opened it as {os.readlink(f'{fd_dir}/{fd}')}"
+            except OSError:
+                continue
+    return "another process"
+
+
+class FileStore(Store):
+    """The state as one JSON file, changed in place under a redo journal."""
+
+    def __init__(self, path: str, fsync: bool = True, compact_ratio: float = 2.0, disk: Disk | None = None) -> None:
         self.path = os.path.abspath(path)
         self.journal_path = self.path + ".journal"
         self.fsync = fsync
+        self.disk = disk if disk is not None else Disk(fsync)
         self.compact_ratio = compact_ratio
         self._state = State()
         self._fd = -1
+        self._dir_fd = -1
+        self._spare = -1  # a descriptor kept in reserve for whole-file rewrites
+        self._dev = self._ino = 0
         self._journal: Journal | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="infrakit-store")
         self._end = 0  # where the document ends once every pending write is made
@@ -210,8 +323,10 @@ class FileStore(Store):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._unrecovered = False  # a failed batch is still on disk, undone only in memory
-        self._undo: UndoRecord | None = None  # how to undo it there
+        self._appends = 0  # append batches in a row that went through the journal
+        self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
+        #: Why the store stopped taking changes (a write it could not undo), or None.
+        self.stopped: str | None = None
 
     @property
     def state(self) -> State:
@@ -220,33 +335,102 @@ class FileStore(Store):
     # -- opening and closing --------------------------------------------------
 
     async def open(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        # The journal is never replaced, so its lock outlives whole-file rewrites.
-        self._journal = Journal(self.journal_path, sync=self.fsync)
+        # A symlinked --state names the file it points to: the journal and the
+        # temporary files live next to that file, and the lock is on its inode.
+        self.path = os.path.realpath(self.path)
+        self.journal_path = self.path + ".journal"
+        directory, name = os.path.split(self.path)
+        _makedirs(directory)
+        self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(self._journal.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._journal.close()
-            self._journal = None
-            raise StoreLocked(f"state file {self.path} is in use by another process (a running plugin?)") from None
-        outcome = recover(self.path, self.journal_path, sync=self.fsync)
-        if outcome:
-            log.warning("state file %s: %s", self.path, outcome)
-        self._load()
+            self._open_file(name)
+            loaded = self._recover(name)
+            self._load(loaded)
+            jfd = self.disk.create(name + ".journal", self._dir_fd)
+            self.disk.dirsync(self._dir_fd)
+            self._journal = Journal(self.disk, jfd)
+            self._spare = os.dup(self._dir_fd)
+        except BaseException:
+            self._close_fds()
+            raise
         self._wake = asyncio.Event()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
-    def _load(self) -> None:
-        if os.path.exists(self.path):
-            loaded = load_state_file(self.path)
-            state, end, size = loaded.state, loaded.end, loaded.size
-            if loaded.repaired is not None:
-                log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
-        else:
-            state, end, size = State(), -1, 0
+    def _open_file(self, name: str) -> None:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            fd = self.disk.create(name, self._dir_fd)
+            self.disk.dirsync(self._dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"state file {self.path} became a symbolic link while opening it") from None
+            raise
+        self._fd = fd
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"state file {self.path} is not a regular file")
+        self._dev, self._ino = st.st_dev, st.st_ino
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLocked(
+                f"state file {self.path} is in use by {_holder(st.st_dev, st.st_ino)} (a running plugin?)"
+            ) from None
+
+    def _recover(self, name: str) -> Loaded | None:
+        """Replay a journal left by a crash, if it belongs to the file; the state it gives."""
+        jname = name + ".journal"
+        try:
+            st = os.stat(jname, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(f"{self.journal_path} is a symbolic link: the plugin never follows one there; remove it")
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{self.journal_path} is not a regular file; remove it")
+        jfd = os.open(jname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        try:
+            raw = read_all(jfd)
+        finally:
+            os.close(jfd)
+        data = read_all(self._fd)
+        verdict = replay(raw, data, self._dev, self._ino)
+        loaded = None
+        if verdict.applies:
+            image = replayed_image(data, verdict.records)
+            loaded = load_state_bytes(image, self.path)  # checked before the file is touched
+            apply_records(self.disk, self._fd, verdict.records)
+            self.disk.datasync(self._fd)
+            log.warning(
+                "state file %s: replayed %d interrupted batches from %s", self.path, len(verdict.records), jname
+            )
+        elif verdict.records:
+            aside = jname + ".unapplied"
+            self.disk.rename(jname, aside, self._dir_fd)
+            self.disk.dirsync(self._dir_fd)
+            log.warning(
+                "state file %s: journal %s was not applied: %s; kept as %s",
+                self.path,
+                self.journal_path,
+                verdict.mismatch,
+                aside,
+            )
+            return None
+        self.disk.unlink(jname, self._dir_fd)
+        self.disk.dirsync(self._dir_fd)
+        return loaded
+
+    def _load(self, loaded: Loaded | None) -> None:
+        if loaded is None:
+            if os.fstat(self._fd).st_size:
+                loaded = load_state_fd(self._fd, self.path)
+            else:
+                loaded = Loaded(State(), -1, 0)
+        state, end, size = loaded.state, loaded.end, loaded.size
+        if loaded.repaired is not None:
+            log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
         self._state = state
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if end >= 0:
             self._end = end
             self._size = self._disk_size = size
@@ -258,6 +442,7 @@ class FileStore(Store):
                     "state file %s is in another layout (the C plugin's?): rewriting it in place-editable form",
                     self.path,
                 )
+            self._disk_size = size
             self._replace_file(self._plan_rewrite())
 
     async def close(self) -> None:
@@ -267,16 +452,35 @@ class FileStore(Store):
             await self._writer
             self._writer = None
         self._executor.shutdown(wait=True)
+        if self._journal is not None and self.stopped is None:
+            # A clean shutdown leaves no journal: the file holds everything.
+            try:
+                if not self._journal.empty:
+                    self.disk.datasync(self._fd)
+                self.disk.unlink(os.path.basename(self.journal_path), self._dir_fd)
+                self.disk.dirsync(self._dir_fd)
+            except OSError as exc:
+                log.error("state file %s: could not remove the journal at close: %s", self.path, exc)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
         if self._journal is not None:
-            self._journal.close()
+            os.close(self._journal.fd)
             self._journal = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for attr in ("_fd", "_spare", "_dir_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
     # -- changes ----------------------------------------------------------------
 
+    def _check(self) -> None:
+        if self.stopped is not None:
+            raise StoreStopped(self.stopped)
+
     def provision(self, record: Record, tags: dict[str, str]) -> asyncio.Future[None]:
+        self._check()
         state = self._state
         if state.known(record.id):
             raise StoreError(f"instance ID {record.id} already exists")
@@ -288,7 +492,7 @@ class FileStore(Store):
         record.off = start + len(sep)
         record.size = len(elem)
         end = start + len(sep) + len(elem) + len(_TAIL)
-        if end <= self._size:
+        if end + PAD_KEEP <= self._size:
             self._queue(start, sep + elem + _TAIL, in_place=False)
         else:
             size = end + _padding(end)
@@ -299,6 +503,7 @@ class FileStore(Store):
         return self._waiter()
 
     def destroy(self, instance_id: str) -> asyncio.Future[None]:
+        self._check()
         state = self._state
         rec = state.get(instance_id)
         if rec is None:
@@ -318,6 +523,7 @@ class FileStore(Store):
         return self._waiter()
 
     def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
+        self._check()
         state = self._state
         rec = state.get(instance_id)
         if rec is None:
@@ -336,6 +542,7 @@ class FileStore(Store):
         return self._waiter()
 
     def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
+        self._check()
         state = self._state
         if functional:
             if instance_id not in state.nonfunctional:
@@ -349,6 +556,7 @@ class FileStore(Store):
         return self._waiter()
 
     def forget(self, instance_id: str) -> asyncio.Future[None]:
+        self._check()
         state = self._state
         if instance_id in state.instances:
             return self.destroy(instance_id)
@@ -360,10 +568,12 @@ class FileStore(Store):
 
     def compact(self) -> asyncio.Future[None]:
         """Rewrite the whole file, dropping the whitespace left by removals."""
+        self._check()
         self._rewrite = True
         return self._waiter()
 
     def set_provider(self, provider: Any) -> asyncio.Future[None]:
+        self._check()
         self._state.provider = orjson.dumps(provider)
         self._rewrite = True
         return self._waiter()
@@ -416,9 +626,10 @@ class FileStore(Store):
         end = pos + len(_TAIL)
         if end < self._end:
             parts.append(b" " * (self._end - end))  # the old end becomes padding
-        elif end > self._size:
-            self._size = end + _padding(end)
-            parts.append(b" " * (self._size - end))
+        if end + PAD_KEEP > self._size:
+            size = end + _padding(end)
+            parts.append(b" " * (size - max(end, self._end)))
+            self._size = size
         self._queue(origin, b"".join(parts))
         self._end = end
 
@@ -459,65 +670,130 @@ class FileStore(Store):
             if self._relayout_at >= 0:
                 self._relayout()
             try:
-                if self._unrecovered:
-                    await loop.run_in_executor(
-                        self._executor, recover, self.path, self.journal_path, self._undo, self.fsync
-                    )
-                    self._unrecovered, self._undo = False, None
                 if self._rewrite:
                     doc = self._plan_rewrite()
                     await loop.run_in_executor(self._executor, self._replace_file, doc)
                 else:
                     writes, self._writes = self._writes, []
                     append, self._in_place = not self._in_place, False
-                    regions = _merge(writes, self._size)
-                    old_size, new_size = self._disk_size, self._size
-                    self._write_regions(old_size, new_size, regions, append)
-                    self._disk_size = new_size
+                    self._commit(_merge(writes, self._size), append)
             except OSError as exc:
-                log.error("state file %s: write failed: %s", self.path, exc)
                 self._fail(waiters, exc)
                 continue
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+            if self.stopped is None and self._journal is not None and not self._journal.empty:
+                if self._journal.full or self._appends >= _JOURNALED_APPENDS:
+                    self._checkpoint()
 
-    def _write_regions(self, old_size: int, new_size: int, regions: list[Region], append: bool) -> None:
+    def _commit(self, regions: list[Region], append: bool) -> None:
+        """Make one batch durable with one sync."""
+        journal = self._journal
+        assert journal is not None
+        old_size, new_size = self._disk_size, self._size
+        if append and journal.empty:
+            try:
+                apply(self.disk, self._fd, old_size, new_size, regions)
+                self.disk.datasync(self._fd)
+            except OSError:
+                self._undo_append(regions, old_size)
+                raise
+            self._disk_size = new_size
+            return
+        journal.log(self._fd, self._dev, self._ino, old_size, new_size, regions)
+        # Durable from here on: a failure below stops the store but does not fail the batch.
+        self._disk_size = new_size
+        self._appends = self._appends + 1 if append else 0
+        try:
+            apply(self.disk, self._fd, old_size, new_size, regions)
+        except OSError as exc:
+            self._stop(f"writing a journaled batch into the state file failed: {exc.strerror or exc}")
+
+    def _checkpoint(self) -> None:
+        """Sync the state file, after which the journal's records are not needed."""
         assert self._journal is not None
-        self._journal.write_batch(self._fd, old_size, new_size, regions, append)
+        try:
+            self.disk.datasync(self._fd)
+        except OSError as exc:
+            self._stop(f"syncing the state file failed: {exc.strerror or exc}")
+            return
+        self._journal.reset()
+        self._appends = 0
+
+    def _undo_append(self, regions: list[Region], old_size: int) -> None:
+        """Put back what a failed direct append overwrote: the closing bytes and padding."""
+        if not regions:
+            return
+        start = regions[0].offset
+        stop = max(r.offset + len(r.data) for r in regions)
+        restore = _TAIL + b" " * max(0, min(stop, old_size) - start - len(_TAIL))
+        try:
+            self.disk.pwrite(self._fd, restore, start)
+            if os.fstat(self._fd).st_size > old_size:
+                self.disk.truncate(self._fd, old_size)
+            self.disk.datasync(self._fd)
+        except OSError as exc:
+            self._stop(f"undoing a failed append failed: {exc.strerror or exc}")
+            self._undone_image = (start, restore, old_size)
+
+    def _stop(self, why: str) -> None:
+        if self.stopped is None:
+            self.stopped = (
+                f"the state store stopped taking changes: {why}; reads still work;"
+                f" restart the plugin to recover {self.path} from its journal"
+            )
+            log.error("state file %s: %s", self.path, self.stopped)
 
     def _replace_file(self, doc: bytes) -> None:
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        base = os.path.basename(self.path)
+        tmp = f".{base}.{os.urandom(6).hex()}.tmp"
         try:
-            view = memoryview(doc)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        finally:
+            fd = self.disk.create(tmp, self._dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or self._spare < 0:
+                raise
+            os.close(self._spare)  # the descriptor kept for this
+            self._spare = -1
+            fd = self.disk.create(tmp, self._dir_fd)
+        try:
+            self.disk.pwrite(fd, doc, 0)
+            self.disk.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held before the new file has the name
+            self.disk.rename(tmp, base, self._dir_fd)
+        except BaseException:
             os.close(fd)
-        assert self._journal is not None
-        self._journal.invalidate()
-        os.replace(tmp, self.path)
-        self._sync_dir()
-        new_fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = new_fd
-        self._disk_size = len(doc)
-
-    def _sync_dir(self) -> None:
-        if self.fsync:
-            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+                self.disk.unlink(tmp, self._dir_fd)
+            except OSError:
+                pass
+            raise
+        log.info("state file %s: rewritten whole (%d bytes)", self.path, len(doc))
+        old, self._fd = self._fd, fd
+        st = os.fstat(fd)
+        self._dev, self._ino = st.st_dev, st.st_ino
+        self._disk_size = len(doc)
+        if self._journal is not None:
+            self._journal.reset()  # its records belong to the replaced file
+            self._appends = 0
+        if old >= 0:
+            os.close(old)
+        if self._spare < 0:
+            try:
+                self._spare = os.dup(self._dir_fd)
+            except OSError:
+                pass
+        try:
+            self.disk.dirsync(self._dir_fd)
+        except OSError as exc:
+            self._stop(f"syncing the directory after replacing the file failed: {exc.strerror or exc}")
 
     def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
         """A batch failed: fail it and every change made since, and put memory
-        back to what the disk durably holds (rolling the file back if it can)."""
+        back to what the file holds."""
+        log.error("state file %s: write failed: %s", self.path, exc)
+        if isinstance(exc, JournalStuck):
+            self._stop(f"a failed batch could not be cleared from the journal: {exc.strerror or exc}")
         pending, self._waiters = self._waiters, []
         self._batch = None
         self._writes = []
@@ -529,23 +805,16 @@ class FileStore(Store):
         for fut in waiters + pending:
             if not fut.done():
                 fut.set_exception(err)
-        # Undo the failed batch even where it looks complete (its clients were
-        # told it failed), but never an earlier, acknowledged one.
-        assert self._journal is not None
-        undo, self._journal.in_doubt = self._journal.in_doubt or self._undo, None
         try:
-            recover(self.path, self.journal_path, undo, self.fsync)
-            self._undo, self._unrecovered = None, False
-        except OSError as again:
-            # The disk refuses even the rollback: serve what it durably holds,
-            # and roll back for real before the next write.
-            log.error("state file %s: rollback deferred: %s", self.path, again)
-            self._undo, self._unrecovered = undo, True
-        try:
-            data = rolled_back(self.path, self.journal_path, self._undo if self._unrecovered else None)
+            data = read_all(self._fd)
+            undone = self._undone_image
+            if undone is not None:  # the file still holds the failed append: read it as undone
+                start, restore, size = undone
+                data = (data[:start] + restore + data[start + len(restore) :])[:size]
+                self._undone_image = None
             loaded = load_state_bytes(data, self.path)
         except (OSError, StateError) as again:
-            log.critical("state file %s: cannot reread it after a failed write: %s", self.path, again)
+            self._stop(f"cannot reread the file after a failed write: {again}")
             return
         state, end = loaded.state, loaded.end
         if end < 0:

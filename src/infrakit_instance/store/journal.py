@@ -1,23 +1,33 @@
-"""Crash safety for in-place writes to the state file.
+"""Crash safety for in-place writes to the state file: a redo (write-ahead) journal.
 
-Two kinds of batch reach the disk:
+Two kinds of batch reach the disk, each with one sync:
 
-* **in place** (destroys, labels, anything that overwrites existing bytes):
-  the bytes about to be overwritten are first saved in the journal file and
-  synced, together with the size and checksum of what the batch writes.
-  After a crash at any instant, :func:`recover` either finds the batch
-  complete (every region matches its checksum: keep it) or puts the old bytes
-  back.
-* **append only** (provisions): the batch writes one region past the last
-  element, so nothing acknowledged is overwritten except the document's
-  closing bytes, whose content is always the same.  Such a batch needs no
-  journal record, only a journal that holds none (cleared and synced once
-  after an in-place batch), which saves one fsync per batch.  A crash can
-  only leave an incomplete tail; :func:`repair_torn_append` cuts the file
-  back to its last complete element at the next start.
+* **direct** (appends while the journal holds no record): the batch writes
+  past the last element, overwriting only the document's closing bytes and
+  padding, then syncs the state file.  No journal work at all.  A crash can
+  only leave a torn tail, which the loader recognises as such (see
+  :mod:`.damage`) and cuts back.
+* **journaled** (destroys, labels, relayouts, and appends while records are
+  pending): the batch's new bytes are appended to the journal as one record
+  and the journal is synced: the batch is durable and is answered.  Then the
+  same bytes are written into the state file, without a sync.  The state file
+  is synced only at a *checkpoint* (when the journal grows past a bound, after
+  a run of appends, at close), after which the journal is empty again.
 
-Either way the file at rest is the last acknowledged state or a later
-complete one.
+At start-up the records are replayed in order, so the file is the last
+acknowledged state (or a later complete one) whatever part of the unsynced
+data writes reached the disk.
+
+**A record belongs to one file state.**  Each names the device and inode of
+the state file, its size before and after, and for every 512-byte chunk it
+writes the checksum of that chunk before and after.  Before anything is
+replayed, every chunk the journal touches must hold one of the contents the
+records say it went through, and the file one of their sizes; otherwise the
+journal was written for another file, or for this one before it was rewritten
+offline, and it is reported and never applied.  A journal left by a
+checkpoint (its records' data already synced) matches and replays to the same
+bytes, or no longer matches where later appends overwrote it: either way the
+file is right as it is.  A clean shutdown removes the journal.
 """
 
 from __future__ import annotations
@@ -25,18 +35,36 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
+from .disk import Disk
 
-__all__ = ["Journal", "Record", "Region", "recover", "repair_torn_append", "rolled_back"]
+__all__ = [
+    "CHUNK",
+    "Journal",
+    "JournalRecord",
+    "JournalStuck",
+    "Region",
+    "Replay",
+    "apply",
+    "apply_records",
+    "read_records",
+    "replay",
+    "replayed_image",
+]
 
-_MAGIC = b"IKJ1"
-_HEAD = struct.Struct("<4sIQQI")  # magic, crc of the rest, old size, new size, region count
-_REGION = struct.Struct("<QII")  # offset, old length, new length
+CHUNK = 512
+_MAGIC = b"IKW2"
+# magic, epoch, seq, dev, ino, old size, new size, region count, chunk count, payload length
+_HEAD = struct.Struct("<4sQIQQQQIII")
+_REGION = struct.Struct("<QI")  # offset, length (the bytes follow)
+_CHUNKS = struct.Struct("<QII")  # chunk index, crc before, crc after
 _CRC = struct.Struct("<I")
-_MAX_REPAIR_TRIES = 10_000
+_GROW = 1 << 20  # the journal is kept pre-written in steps of this, so that records overwrite allocated blocks
+
+
+class JournalStuck(OSError):
+    """A record that failed could not be taken back: it might apply at the next start."""
 
 
 @dataclass(frozen=True)
@@ -46,218 +74,269 @@ class Region:
 
 
 @dataclass(frozen=True)
-class Record:
-    """What it takes to undo one batch: sizes, and per region the old bytes and the new bytes' checksum."""
+class JournalRecord:
+    """One batch: where it applies, and its new bytes."""
 
+    epoch: int
+    seq: int
+    dev: int
+    ino: int
     old_size: int
     new_size: int
-    regions: list[tuple[int, bytes, int, int]]  # offset, old bytes, new length, crc of the new bytes
-
-    def complete(self, read: Callable[[int, int], bytes], size: int) -> bool:
-        """Whether every byte of the batch reached the file."""
-        return size == self.new_size and all(
-            offset + new_len <= size and zlib.crc32(read(new_len, offset)) == new_crc
-            for offset, _, new_len, new_crc in self.regions
-        )
+    regions: list[tuple[int, bytes]]
+    chunks: list[tuple[int, int, int]]  # chunk index, crc of its bytes before, after
 
     def encode(self) -> bytes:
-        parts = []
-        for offset, old, new_len, new_crc in self.regions:
-            parts.append(_REGION.pack(offset, len(old), new_len))
-            parts.append(old)
-            parts.append(_CRC.pack(new_crc))
-        rest = struct.pack("<QQI", self.old_size, self.new_size, len(self.regions)) + b"".join(parts)
-        return _MAGIC + _CRC.pack(zlib.crc32(rest)) + rest
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Record | None:
-        if len(raw) < _HEAD.size or raw[:4] != _MAGIC:
-            return None
-        _, crc, old_size, new_size, count = _HEAD.unpack_from(raw, 0)
-        pos = _HEAD.size
-        regions = []
-        for _ in range(count):
-            if pos + _REGION.size > len(raw):
-                return None
-            offset, old_len, new_len = _REGION.unpack_from(raw, pos)
-            pos += _REGION.size
-            old = raw[pos : pos + old_len]
-            pos += old_len
-            if len(old) != old_len or pos + 4 > len(raw):
-                return None
-            (new_crc,) = _CRC.unpack_from(raw, pos)
-            pos += 4
-            regions.append((offset, old, new_len, new_crc))
-        if zlib.crc32(raw[8:pos]) != crc:
-            return None
-        return cls(old_size, new_size, regions)
+        parts = [_REGION.pack(off, len(data)) + data for off, data in self.regions]
+        parts += [_CHUNKS.pack(*c) for c in self.chunks]
+        payload = b"".join(parts)
+        head = _HEAD.pack(
+            _MAGIC,
+            self.epoch,
+            self.seq,
+            self.dev,
+            self.ino,
+            self.old_size,
+            self.new_size,
+            len(self.regions),
+            len(self.chunks),
+            len(payload),
+        )
+        body = head + payload
+        return body + _CRC.pack(zlib.crc32(body))
 
 
-def _undo_record(read: Callable[[int, int], bytes], old_size: int, new_size: int, regions: list[Region]) -> Record:
-    saved = []
+def _decode(raw: bytes, pos: int) -> tuple[JournalRecord, int] | None:
+    if pos + _HEAD.size + 4 > len(raw) or raw[pos : pos + 4] != _MAGIC:
+        return None
+    _, epoch, seq, dev, ino, old_size, new_size, nreg, nchunk, plen = _HEAD.unpack_from(raw, pos)
+    end = pos + _HEAD.size + plen
+    if end + 4 > len(raw) or _CRC.unpack_from(raw, end)[0] != zlib.crc32(raw[pos:end]):
+        return None
+    p = pos + _HEAD.size
+    regions = []
+    for _ in range(nreg):
+        off, n = _REGION.unpack_from(raw, p)
+        p += _REGION.size
+        regions.append((off, raw[p : p + n]))
+        p += n
+    chunks = []
+    for _ in range(nchunk):
+        chunks.append(_CHUNKS.unpack_from(raw, p))
+        p += _CHUNKS.size
+    if p != end:
+        return None
+    return JournalRecord(epoch, seq, dev, ino, old_size, new_size, regions, chunks), end + 4
+
+
+def read_records(raw: bytes) -> list[JournalRecord]:
+    """The records of a journal's bytes: one epoch, consecutive, each whole (a torn last one is dropped:
+    its batch was never answered, and its data never written)."""
+    out: list[JournalRecord] = []
+    pos = 0
+    while True:
+        got = _decode(raw, pos)
+        if got is None:
+            return out
+        rec, pos = got
+        if out and (rec.epoch != out[0].epoch or rec.seq != out[-1].seq + 1):
+            return out
+        if not out and rec.seq != 0:
+            return out
+        out.append(rec)
+
+
+def _chunk_crcs(image: bytes | bytearray | memoryview, first: int, count: int, base: int) -> list[int]:
+    """crc32 of ``count`` chunks from chunk ``first``, of ``image`` that starts at byte ``base``,
+    each zero-padded to a whole chunk."""
+    out = []
+    for c in range(first, first + count):
+        lo = c * CHUNK - base
+        piece = bytes(image[lo : lo + CHUNK])
+        if len(piece) < CHUNK:
+            piece += bytes(CHUNK - len(piece))
+        out.append(zlib.crc32(piece))
+    return out
+
+
+def _spans(regions: list[Region]) -> list[tuple[int, int]]:
+    """Chunk ranges (first, count) the regions write, merged."""
+    spans: list[list[int]] = []
     for r in regions:
-        old_len = max(0, min(len(r.data), old_size - r.offset))
-        saved.append((r.offset, read(old_len, r.offset) if old_len else b"", len(r.data), zlib.crc32(r.data)))
-    if new_size < old_size:
-        # A shrinking batch also loses what lies past its new end: save that too.
-        saved.append((new_size, read(old_size - new_size, new_size), 0, 0))
-    return Record(old_size, new_size, saved)
+        if not r.data:
+            continue
+        a, b = r.offset // CHUNK, (r.offset + len(r.data) - 1) // CHUNK + 1
+        if spans and a <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], b)
+        else:
+            spans.append([a, b])
+    return [(a, b - a) for a, b in spans]
 
 
 class Journal:
-    """The journal file next to a state file: at most one record, of the last in-place batch."""
+    """The journal file next to a state file (created by the store, never a planted one)."""
 
-    def __init__(self, path: str, sync: bool = True) -> None:
-        self.path = path
-        self.sync = sync
-        created = not os.path.exists(path)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if created and sync:
-            # A journal whose directory entry is lost with power would take its record along.
-            dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        #: How to undo the last batch, while it is not known to be complete on disk.
-        self.in_doubt: Record | None = None
-        self._clean = os.fstat(self.fd).st_size == 0
+    def __init__(self, disk: Disk, fd: int, limit: int = 8 << 20) -> None:
+        self.disk = disk
+        self.fd = fd
+        self.limit = limit
+        self.pos = 0  # where the next record goes
+        self.count = 0  # records since the last checkpoint
+        self.epoch = int.from_bytes(os.urandom(8), "little")
+        self.capacity = os.fstat(fd).st_size
 
-    def write_batch(
-        self, data_fd: int, old_size: int, new_size: int, regions: list[Region], append: bool = False
-    ) -> None:
-        """Write ``regions`` into ``data_fd`` so that a crash at any point is recoverable.
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
 
-        ``append`` says the batch only writes past the last element (see the module doc)."""
-        record = _undo_record(lambda n, off: os.pread(data_fd, n, off), old_size, new_size, regions)
-        self.in_doubt = None
-        if append:
-            if not self._clean:
-                self.invalidate()
+    @property
+    def full(self) -> bool:
+        return self.pos >= self.limit
+
+    def log(self, data_fd: int, dev: int, ino: int, old_size: int, new_size: int, regions: list[Region]) -> int:
+        """Append the batch as a record and sync the journal: from then on the batch is durable.
+        Where the record starts.  If that fails the record is cleared again (or
+        :class:`JournalStuck` says it could not be)."""
+        chunks = []
+        for first, count in _spans(regions):
+            base = first * CHUNK
+            old = os.pread(data_fd, count * CHUNK, base) if base < old_size else b""
+            old = old[: max(0, old_size - base)]
+            new = bytearray(old)
+            for r in regions:
+                lo, hi = r.offset - base, r.offset + len(r.data) - base
+                if hi <= 0 or lo >= count * CHUNK:
+                    continue  # another span's (spans never split a region)
+                if len(new) < hi:
+                    new.extend(bytes(hi - len(new)))
+                new[lo:hi] = r.data
+            del new[max(0, new_size - base) :]
+            before = _chunk_crcs(old, first, count, base)
+            after = _chunk_crcs(new, first, count, base)
+            chunks += [(first + i, before[i], after[i]) for i in range(count)]
+        rec = JournalRecord(
+            self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in regions], chunks
+        )
+        raw = rec.encode()
+        start = self.pos
+        end = start + len(raw)
+        if end > self.capacity:
+            # Grow by writing zeros, so that later records overwrite allocated blocks
+            # and their syncs need no metadata.
+            cap = max(end, self.capacity * 2, _GROW)
+            raw += bytes(cap - end)
+            self.capacity = cap
+        try:
+            self.disk.pwrite(self.fd, raw, start)
+            self.disk.datasync(self.fd)
+        except OSError as exc:
+            self.capacity = os.fstat(self.fd).st_size
+            try:  # the batch fails: its record must never apply
+                self.disk.pwrite(self.fd, bytes(min(len(raw), max(0, self.capacity - start))), start)
+                self.disk.datasync(self.fd)
+            except OSError as again:
+                raise JournalStuck(again.errno, f"{exc.strerror or exc}; and clearing its record: {again}") from exc
+            raise
+        self.pos, self.count = end, self.count + 1
+        return start
+
+    def reset(self) -> None:
+        """The records' data is durable in the state file (or the file was replaced): start over.
+        The first record's magic is cleared without a sync: a journal that survives a crash anyway
+        matches the file (its data is there) or no longer does, and is ignored."""
+        if self.count:
+            self.disk.pwrite(self.fd, bytes(4), 0)
+        self.pos = self.count = 0
+        self.epoch = int.from_bytes(os.urandom(8), "little")
+
+
+def apply_records(disk: Disk, fd: int, records: list[JournalRecord] | list[tuple[int, int, list[Region]]]) -> None:
+    """Write batches into the state file in order (no sync)."""
+    for rec in records:
+        if isinstance(rec, JournalRecord):
+            old_size, new_size, regions = rec.old_size, rec.new_size, [Region(o, d) for o, d in rec.regions]
         else:
-            self._clean = False
-            _write_all(self.fd, record.encode(), 0)
-            if self.sync:
-                os.fdatasync(self.fd)
-        self.in_doubt = record
-        for r in regions:
-            _write_all(data_fd, r.data, r.offset)
-        if new_size < old_size:
-            os.ftruncate(data_fd, new_size)
-        if self.sync:
-            os.fdatasync(data_fd)
-        self.in_doubt = None
-
-    def invalidate(self) -> None:
-        """Forget the last record, durably (before appends, or a replace by rename)."""
-        os.ftruncate(self.fd, 0)
-        if self.sync:
-            os.fdatasync(self.fd)
-        self._clean = True
-
-    def close(self) -> None:
-        os.close(self.fd)
+            old_size, new_size, regions = rec
+        apply(disk, fd, old_size, new_size, regions)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n <= 0:
-            raise OSError("short write to the state file")
-        view = view[n:]
-        offset += n
+def apply(disk: Disk, fd: int, old_size: int, new_size: int, regions: list[Region]) -> None:
+    """One batch's writes: the file grows first (one size change), shrinks last."""
+    if new_size > old_size:
+        disk.truncate(fd, new_size)
+    for r in regions:
+        disk.pwrite(fd, r.data, r.offset)
+    if new_size < old_size:
+        disk.truncate(fd, new_size)
 
 
-def _read_record(journal_path: str) -> Record | None:
-    try:
-        with open(journal_path, "rb") as f:
-            return Record.decode(f.read())
-    except FileNotFoundError:
-        return None
+@dataclass
+class Replay:
+    """What a journal says about a state file."""
+
+    records: list[JournalRecord]
+    #: None: the journal applies (or is empty); else why it does not belong to the file.
+    mismatch: str | None = None
+
+    @property
+    def applies(self) -> bool:
+        return bool(self.records) and self.mismatch is None
 
 
-def rolled_back(state_path: str, journal_path: str, record: Record | None = None) -> bytes:
-    """The state file as :func:`recover` would leave it, without writing anything
-    (for when the disk refuses writes).  ``record`` forces that undo."""
-    with open(state_path, "rb") as f:
-        data = f.read()
-    forced = record is not None
-    record = record or _read_record(journal_path)
-    if record is None:
-        return data
-    if not forced and record.complete(lambda n, off: data[off : off + n], len(data)):
-        return data
+def replay(raw_journal: bytes, data: bytes, dev: int, ino: int) -> Replay:
+    """Check a journal against the state file's bytes (and identity)."""
+    records = read_records(raw_journal)
+    if not records:
+        return Replay([])
+    first = records[0]
+    if (first.dev, first.ino) != (dev, ino):
+        return Replay(
+            records,
+            f"it was written for another file (device {first.dev}, inode {first.ino};"
+            f" this one is device {dev}, inode {ino})",
+        )
+    sizes = {first.old_size}
+    allowed: dict[int, set[int]] = {}
+    size = first.old_size
+    for rec in records:
+        if (rec.dev, rec.ino) != (dev, ino) or rec.old_size != size:
+            return Replay(records, f"record {rec.seq} does not follow the one before it")
+        size = rec.new_size
+        sizes.add(size)
+        for index, before, after in rec.chunks:
+            seen = allowed.get(index)
+            if seen is None:
+                allowed[index] = {before, after}
+            else:
+                seen.add(after)
+    if len(data) not in sizes:
+        return Replay(
+            records,
+            f"the file has {len(data)} bytes, none of the sizes its records went through"
+            f" ({', '.join(map(str, sorted(sizes)))})",
+        )
+    for index in sorted(allowed):
+        if (index + 1) * CHUNK > len(data):
+            continue
+        crc = zlib.crc32(data[index * CHUNK : (index + 1) * CHUNK])
+        if crc not in allowed[index]:
+            return Replay(
+                records,
+                f"bytes {index * CHUNK}-{(index + 1) * CHUNK - 1} of the file hold none of the contents"
+                " its records expect there (the file was changed after the journal was written)",
+            )
+    return Replay(records)
+
+
+def replayed_image(data: bytes, records: list[JournalRecord]) -> bytes:
+    """The state file as replaying ``records`` onto ``data`` leaves it."""
     image = bytearray(data)
-    for offset, old, _, _ in record.regions:
-        if len(image) < offset + len(old):
-            image.extend(bytes(offset + len(old) - len(image)))
-        image[offset : offset + len(old)] = old
-    del image[record.old_size :]
+    for rec in records:
+        if rec.new_size > len(image):
+            image.extend(bytes(rec.new_size - len(image)))
+        for off, piece in rec.regions:
+            if off + len(piece) > len(image):
+                image.extend(bytes(off + len(piece) - len(image)))
+            image[off : off + len(piece)] = piece
+        del image[rec.new_size :]
     return bytes(image)
-
-
-def recover(state_path: str, journal_path: str, record: Record | None = None, sync: bool = True) -> str | None:
-    """Finish or undo an interrupted batch; say what was done (None: nothing to do).
-
-    ``record`` (the batch that just failed, known only in memory) is undone even
-    if it looks complete: its clients were told it failed, so it must not reappear."""
-    forced = record is not None
-    record = record or _read_record(journal_path)
-    outcome = None
-    if record is not None:
-        try:
-            fd = os.open(state_path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1
-        if fd >= 0:
-            try:
-                if forced or not record.complete(lambda n, off: os.pread(fd, n, off), os.fstat(fd).st_size):
-                    for offset, old, _, _ in record.regions:
-                        if old:
-                            _write_all(fd, old, offset)
-                    os.ftruncate(fd, record.old_size)
-                    if sync:
-                        os.fsync(fd)
-                    outcome = (
-                        f"rolled back an interrupted write ({len(record.regions)} regions,"
-                        f" size restored to {record.old_size} bytes)"
-                    )
-            finally:
-                os.close(fd)
-    if os.path.exists(journal_path) and os.path.getsize(journal_path):
-        with open(journal_path, "r+b") as f:
-            f.truncate(0)
-            if sync:
-                os.fsync(f.fileno())
-    return outcome
-
-
-def repair_torn_append(data: bytes, tail: bytes) -> bytes | None:
-    """Cut a file whose last append did not complete back to its last complete
-    element and close the document again; None if that does not give valid JSON
-    (then it was not a torn append, and nothing is touched)."""
-    tries = 0
-    pos = len(data)
-    while pos > 0 and tries < _MAX_REPAIR_TRIES:
-        nl = data.rfind(b"\n", 0, pos)
-        line = data[nl + 1 : pos]
-        pos = nl
-        content = line.rstrip(b" ,\x00\r")
-        if not (content.endswith(b"}") or content.endswith(b'"Instances":[')):
-            if nl < 0:
-                break
-            continue
-        if content.endswith(b"}"):
-            try:
-                orjson.loads(content.lstrip(b" "))
-            except orjson.JSONDecodeError:
-                continue
-        tries += 1
-        candidate = data[: nl + 1 + len(content)] + tail
-        try:
-            orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
-        return candidate
-    return None

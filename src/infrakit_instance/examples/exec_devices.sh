@@ -3,7 +3,8 @@
 # by files in $DEVICES_DIR (set it with the provider's env option).  A file's
 # content is the device's health: healthy or broken; no file: the device is gone.
 #
-#   infrakit-instance --provider exec --provider-config examples/exec_devices.json
+#   infrakit-instance examples DIR     # copies this script and its config into DIR
+#   infrakit-instance --provider exec --provider-config DIR/exec_devices.json
 #
 # The hook is the script's first argument (INFRAKIT_HOOK says it too).  Each hook
 # gets a JSON document on stdin and INFRAKIT_* environment variables; it fails by
@@ -12,7 +13,7 @@
 set -eu
 
 dir=${DEVICES_DIR:?"set DEVICES_DIR in the exec provider option env"}
-[ -d "$dir" ] || { echo "devices directory $dir does not exist" >&2; exit 1; }
+mkdir -p "$dir" || { echo "cannot create the devices directory $dir" >&2; exit 1; }
 
 case "${1:-$INFRAKIT_HOOK}" in
 validate)
@@ -23,10 +24,11 @@ validate)
     fi
     ;;
 provision)
-    # stdin holds the Spec; print the new instance's ID (and extra tags).
-    path=$(mktemp "$dir/dev-XXXXXX")
-    echo healthy > "$path"
-    id=${path##*/}
+    # stdin holds the Spec (this script does not read it); INFRAKIT_INSTANCE_ID is the ID
+    # the plugin chose: naming the device after it makes a retry find what a failed
+    # attempt left.  Print the instance's ID (and extra tags).
+    id=$INFRAKIT_INSTANCE_ID
+    echo healthy > "$dir/$id"
     printf '{"ID": "%s", "Tags": {"device": "%s"}}\n' "$id" "$id"
     ;;
 destroy)

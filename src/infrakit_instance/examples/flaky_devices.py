@@ -9,7 +9,7 @@ it; destroying releases it.
 Run it::
 
     mkdir -p /tmp/rack && for d in a b c; do echo healthy > /tmp/rack/dev-$d.device; done
-    infrakit-instance --provider examples/flaky_devices.py:FlakyDevices \\
+    infrakit-instance --provider infrakit_instance.examples.flaky_devices:FlakyDevices \\
         --provider-opt dir=/tmp/rack --sync-interval 5
 
 then ``echo broken > /tmp/rack/dev-b.device`` and watch dev-b leave
@@ -49,7 +49,8 @@ class FlakyDevices(Provider):
         if properties is not None and not isinstance(properties, dict):
             raise ProviderError("Properties must be an object")
 
-    async def provision(self, spec: dict[str, Any]) -> Provisioned:
+    async def provision(self, spec: dict[str, Any], instance_id: str | None = None) -> Provisioned:
+        # A device has a name of its own: the instance is named after it, not the proposed ID.
         async with self._claiming:
             # File system calls block: keep them off the event loop.
             name = await asyncio.to_thread(self._claim, spec)
