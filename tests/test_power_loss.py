@@ -7,13 +7,14 @@ restores, forgets, compaction) runs against a real directory through a
 :class:`~powerloss.RecordingDisk`.  For every sync point of the trace, the crash
 states of :mod:`powerloss` are laid out in a directory and the store is opened on
 each, as after a reboot.  The state it comes up with must be the state after some
-sequence of whole batches that holds every batch acknowledged before the crash,
+prefix of the changes (in the order they were written) that holds every change
+acknowledged before the crash,
 the file must parse with ``json``, and opening it again must give the same.
 
 ``INFRAKIT_CRASH_STATES=N`` checks N crash states (default: a CI-sized run of a few
 seconds); ``INFRAKIT_CRASH_SEED`` picks the first workload seed.  A failure prints
-the seed, the crash state shrunk to the fewest persisted units that still fail,
-and a line to add to ``REGRESSIONS`` below.
+the seed, the crash state shrunk to as little persisted as still fails, and a
+``replay(...)`` call that reproduces it in a regression test.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +39,10 @@ from infrakit_instance._impl import codec
 from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore
 from infrakit_instance.store.disk import Disk
-from powerloss import CrashState, RecordingDisk, Trace, apply_state, crash_states, materialize, pending
+from powerloss import SECTOR, CrashState, RecordingDisk, Trace, apply_state, crash_states, materialize, pending
 
 FIXTURE = Path(__file__).parent / "fixtures" / "c-plugin-state.json"
 STATE = "s.json"
-
-#: (seed, steps, start, trace digest, cut, choices): crash states that once failed.
-REGRESSIONS: list[tuple[int, int, str, str, int, tuple[int, ...]]] = []
 
 
 # -- the workload ----------------------------------------------------------------------------
@@ -78,7 +77,8 @@ def _record(n: int, rng: random.Random) -> tuple[Record, dict[str, str]]:
 def describe(store: FileStore) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Instances in order, NonFunctional by ID: what recovery must get right."""
     instances = json.loads(store.describe(None, True))
-    nonfunctional = {r.id: json.loads(r.element()) for r in store.state.nonfunctional.values()}
+    # As Describe shows them (an instance from a C plugin file has no Spec: Properties null).
+    nonfunctional = {r.id: {"Properties": None, **json.loads(r.element())} for r in store.state.nonfunctional.values()}
     return instances, nonfunctional
 
 
@@ -167,9 +167,10 @@ async def run_workload(
 # -- the model ------------------------------------------------------------------------------
 
 
-def batch_states(run: Run) -> tuple[list[Any], list[int], list[int]]:
-    """The state after each prefix of batches (in the order they were acknowledged),
-    with each batch's acknowledgement point and first issue point in the trace."""
+def change_states(run: Run) -> tuple[list[Any], list[int], list[int]]:
+    """The state after each prefix of the changes (in the order they were issued, which
+    is the order the store writes them), with each change's acknowledgement point (its
+    batch's) and issue point in the trace."""
     order = sorted({id(c.fut) for c in run.changes}, key=lambda b: run.acks[b])
     rank = {b: i for i, b in enumerate(order)}
     ranks = [rank[id(c.fut)] for c in run.changes]
@@ -177,23 +178,21 @@ def batch_states(run: Run) -> tuple[list[Any], list[int], list[int]]:
     instances = {d["ID"]: d for d in copy.deepcopy(run.initial[0])}
     nonfunctional = copy.deepcopy(run.initial[1])
     states = [(copy.deepcopy(list(instances.values())), copy.deepcopy(nonfunctional))]
-    first_issue = [min(c.issued for c in run.changes if rank[id(c.fut)] == i) for i in range(len(order))]
-    for i in range(len(order)):
-        for c in (c for c, r in zip(run.changes, ranks, strict=True) if r == i):
-            if c.kind == "provision":
-                instances[c.instance] = json.loads(c.arg[0].element())
-            elif c.kind == "destroy":
-                del instances[c.instance]
-            elif c.kind == "label":
-                instances[c.instance]["Tags"].update(c.arg)
-            elif c.kind == "functional" and not c.arg:
-                nonfunctional[c.instance] = instances.pop(c.instance)
-            elif c.kind == "functional":
-                instances = {c.instance: nonfunctional.pop(c.instance), **instances}
-            elif c.kind == "forget":
-                nonfunctional.pop(c.instance)
+    for c in run.changes:
+        if c.kind == "provision":
+            instances[c.instance] = json.loads(c.arg[0].element())
+        elif c.kind == "destroy":
+            del instances[c.instance]
+        elif c.kind == "label":
+            instances[c.instance]["Tags"].update(c.arg)
+        elif c.kind == "functional" and not c.arg:
+            nonfunctional[c.instance] = instances.pop(c.instance)
+        elif c.kind == "functional":
+            instances = {c.instance: nonfunctional.pop(c.instance), **instances}
+        elif c.kind == "forget":
+            nonfunctional.pop(c.instance)
         states.append((copy.deepcopy(list(instances.values())), copy.deepcopy(nonfunctional)))
-    return states, [run.acks[b][0] for b in order], first_issue
+    return states, [run.acks[id(c.fut)][0] for c in run.changes], [c.issued for c in run.changes]
 
 
 # -- checking one crash state ------------------------------------------------------------------
@@ -222,30 +221,39 @@ def violation(run: Run, model: Any, state: CrashState, directory: str) -> str | 
         got = asyncio.run(recovered(directory))
     except Exception as exc:  # a refusal or a crash: power loss alone must never cause either
         return f"the store did not open: {type(exc).__name__}: {exc}"
+    # Acknowledged changes form a prefix (batches are written in order): every one of them
+    # must be there, and after them any prefix of the changes issued before the crash.
     acked = sum(1 for a in acked_at if a <= state.cut)
-    possible = 1 + sum(1 for i in issued_at if i < state.cut)
-    if any(got == states[j] for j in range(acked, possible)):
+    issued = sum(1 for i in issued_at if i < state.cut)
+    if any(got == states[m] for m in range(acked, issued + 1)):
         return None
-    earlier = [j for j in range(acked) if got == states[j]]
+    earlier = [m for m in range(acked) if got == states[m]]
     if earlier:
-        return f"came up as after batch {earlier[-1]}: batches up to {acked} were acknowledged"
-    return f"came up in a state no sequence of batches leads to: {len(got[0])} instances, {len(got[1])} non-functional"
+        return f"came up as after change {earlier[-1]}: changes up to {acked} were acknowledged"
+    return (
+        f"came up in a state no prefix of the changes leads to: {len(got[0])} instances, {len(got[1])} non-functional"
+    )
 
 
 def shrink(run: Run, model: Any, state: CrashState, directory: str) -> CrashState:
     """The failing state with as little persisted as still fails: each unit taken
     back as far towards "as last synced" as the failure allows."""
     choice = list(state.choice)
+    kind = (violation(run, model, state, directory) or "").split(":")[0]
     changed = True
     while changed:
         changed = False
         for i, c in enumerate(choice):
             for lower in range(c):
                 trial = CrashState(state.cut, (*choice[:i], lower, *choice[i + 1 :]))
-                if violation(run, model, trial, directory):
+                found = violation(run, model, trial, directory)
+                if found and found.split(":")[0] == kind:  # the same kind of failure
                     choice[i], changed = lower, True
                     break
     return CrashState(state.cut, tuple(choice))
+
+
+_TMP = re.compile(r"\.[0-9a-f]{12}\.tmp$")
 
 
 def digest(trace: Trace) -> str:
@@ -257,7 +265,9 @@ def digest(trace: Trace) -> str:
         if op[0] in ("write", "truncate", "sync"):
             op = (op[0], numbers.setdefault(op[1], len(numbers)), *op[2:])
         elif op[0] == "create":
-            op = (op[0], op[1].rsplit(".", 2)[-1], numbers.setdefault(op[2], len(numbers)))
+            op = (op[0], _TMP.sub(".tmp", op[1]), numbers.setdefault(op[2], len(numbers)))
+        elif op[0] in ("rename", "unlink"):
+            op = (op[0], *(_TMP.sub(".tmp", name) for name in op[1:]))
         norm.append(op)
     return hashlib.sha256(repr(norm).encode()).hexdigest()[:16]
 
@@ -268,28 +278,75 @@ def record_run(tmp: Path, seed: int, steps: int, start: str, disk_class: type[Re
     return asyncio.run(run_workload(str(directory), seed, steps, start, disk_class))
 
 
-def check_run(tmp: Path, seed: int, steps: int, start: str, budget: int) -> tuple[int, Run]:
-    """Check up to ``budget`` crash states of one workload; fail with a replayable report."""
+def append_torn_out_of_order(trace: Trace, state: CrashState) -> bool:
+    """Whether the state holds a sector of an in-flight append (a write that starts by
+    replacing the document's close with an element) but not every sector before it:
+    the open case OPEN_APPEND_REORDER below."""
+    units = pending(trace, state.cut)
+    kept = {(u.file, u.sector): u.versions[:c] for u, c in zip(units, state.choice, strict=True) if u.kind == "sector"}
+    for i in {v for u in units for v in u.versions}:
+        _, file, offset, *rest = trace.ops[i]
+        if trace.ops[i][0] != "write" or not rest[0].startswith((b",\n{", b"\n{")):
+            continue
+        there = [
+            i in kept.get((file, sector), ())
+            for sector in range(offset // SECTOR, (offset + len(rest[0]) - 1) // SECTOR + 1)
+        ]
+        if any(there[j] and not there[j - 1] for j in range(1, len(there))):
+            return True
+    return False
+
+
+#: Found by this checker and not fixed: a journal-free append whose sectors reach the disk
+#: out of order (one lost before one kept) does not recover to a prefix of the changes:
+#: the store refuses to start, naming the byte (the gap or the intact close looks like
+#: damage inside the document), or, where the gap falls inside a JSON string, it takes the
+#: torn element for a whole one (its Spec changed) and keeps a later element of the same
+#: batch without an earlier one.  The main check counts these states and leaves them to
+#: test_open_case_..., which is expected to fail until the store handles them.
+OPEN_APPEND_REORDER = "a journal-free append torn out of order"
+
+
+def check_run(tmp: Path, seed: int, steps: int, start: str, budget: int) -> tuple[int, int, Run]:
+    """Check up to ``budget`` crash states of one workload; fail with a replayable report.
+    The states checked, and how many of them are the open case OPEN_APPEND_REORDER."""
     run = record_run(tmp, seed, steps, start)
-    model = batch_states(run)
+    model = change_states(run)
     rng = random.Random(seed)
     states = list(crash_states(run.trace, rng))
     if len(states) > budget:
         states = rng.sample(states, budget)
     target = tmp / f"crash-{seed}-{start}"
     target.mkdir()
+    known = 0
     for state in states:
+        if append_torn_out_of_order(run.trace, state):
+            known += 1
+            continue
         problem = violation(run, model, state, str(target))
+        if not problem:
+            continue
+        small = shrink(run, model, state, str(target))
         if problem:
-            small = shrink(run, model, state, str(target))
-            problem = violation(run, model, small, str(target))
+            problem = violation(run, model, small, str(target)) or problem
             pytest.fail(
                 f"power loss breaks the store (seed {seed}, {steps} steps, start {start}): {problem}\n"
                 f"{small.describe(run.trace)}\n"
-                f"replay: REGRESSIONS.append(({seed}, {steps}, {start!r}, {digest(run.trace)!r}, {small.cut},"
-                f" {small.choice}))"
+                f"replay: replay(tmp_path, {seed}, {steps}, {start!r}, {digest(run.trace)!r}, {small.cut},"
+                f" {small.choice}) in a test returns the violation (None once fixed)"
             )
-    return len(states), run
+    return len(states), known, run
+
+
+def replay(
+    tmp: Path, seed: int, steps: int, start: str, trace_digest: str, cut: int, choice: tuple[int, ...]
+) -> str | None:
+    """A failing crash state as the checker printed it, for a regression test."""
+    run = record_run(tmp, seed, steps, start)
+    assert digest(run.trace) == trace_digest, f"the workload of seed {seed} writes differently now: rerun the checker"
+    target = tmp / "replay"
+    target.mkdir()
+    return violation(run, change_states(run), CrashState(cut, choice), str(target))
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -318,7 +375,7 @@ def test_the_checker_finds_a_store_that_acknowledges_before_syncing(tmp_path: Pa
 
     run = record_run(tmp_path, 5, 20, "empty", Unsynced)
     assert not [op for op in run.trace.ops if op[0] in ("sync", "dirsync")]
-    model = batch_states(run)
+    model = change_states(run)
     target = tmp_path / "crash"
     target.mkdir()
     states = crash_states(run.trace, random.Random(5))
@@ -371,29 +428,56 @@ def test_crash_state_model() -> None:
 def test_every_crash_state_recovers_everything_acknowledged(tmp_path: Path, start: str) -> None:
     budget = int(os.environ.get("INFRAKIT_CRASH_STATES", "300")) // 2
     seed = int(os.environ.get("INFRAKIT_CRASH_SEED", "11"))
-    checked = 0
+    checked = refused = 0
     kinds: set[str] = set()
+    first = seed
     while checked < budget:
-        n, run = check_run(tmp_path, seed, 40, start, budget - checked)
+        n, known, run = check_run(tmp_path, seed, 40, start, budget - checked)
         checked += n
+        refused += known
         kinds |= {c.kind for c in run.changes}
         seed += 1
-    print(f"\n{start}: {checked} crash states over seeds up to {seed - 1}: 0 violations")
+    print(
+        f"\n{start}: {checked} crash states, seeds {first}-{seed - 1}: 0 violations;"
+        f" {refused} of them left to the open case ({OPEN_APPEND_REORDER})"
+    )
     assert checked >= budget
     assert kinds >= {"provision", "destroy", "label", "functional"}, kinds
 
 
-@pytest.mark.parametrize("case", REGRESSIONS, ids=[f"seed{r[0]}-cut{r[4]}" for r in REGRESSIONS])
-def test_regression(tmp_path: Path, case: tuple[int, int, str, str, int, tuple[int, ...]]) -> None:
-    seed, steps, start, trace_digest, cut, choice = case
-    run = record_run(tmp_path, seed, steps, start)
-    if digest(run.trace) != trace_digest:
-        pytest.fail(f"the workload of seed {seed} writes differently now: rerun the checker for that seed")
-    target = tmp_path / "crash"
-    target.mkdir()
-    assert violation(run, batch_states(run), CrashState(cut, choice), str(target)) is None
+def test_regression_a_rewrite_clears_the_journal_only_once_its_rename_is_durable(tmp_path: Path) -> None:
+    """Found by this checker (seed 11): a whole-file rewrite cleared the journal before the
+    directory sync of its rename, so a power loss could bring back the old file without the
+    records that redo its unsynced writes (three acknowledged batches lost).  Every rewrite
+    of the workload must sync the directory between its rename and any journal write."""
+    run = record_run(tmp_path, 11, 40, "empty")
+    ops = run.trace.ops
+    journal = next(op[2] for op in ops if op[0] == "create" and op[1].endswith(".journal"))
+    renames = [i for i, op in enumerate(ops) if op[0] == "rename" and op[2] == STATE]
+    assert len(renames) >= 2, "the workload must rewrite the file whole"
+    for i in renames:
+        durable = next(j for j in range(i, len(ops)) if ops[j][0] == "dirsync")
+        early = [op for op in ops[i:durable] if op[0] == "write" and op[1] == journal]
+        assert not early, f"the journal was written between the rename at op {i} and its directory sync"
 
 
 def test_a_plain_disk_is_what_the_store_uses_by_default(tmp_path: Path) -> None:
     store = FileStore(str(tmp_path / STATE))
     assert type(store.disk) is Disk
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: " + OPEN_APPEND_REORDER + " is refused or read torn (see OPEN_APPEND_REORDER)",
+)
+def test_open_case_an_append_torn_out_of_order_recovers(tmp_path: Path) -> None:
+    """OPEN_APPEND_REORDER, kept as found (seed 11).  Strict: once the store recovers
+    these states this passes, the xfail fails, and the case joins the main check."""
+    run = record_run(tmp_path, 11, 40, "empty")
+    model = change_states(run)
+    target = tmp_path / "crash"
+    target.mkdir()
+    states = itertools.islice(crash_states(run.trace, random.Random(11)), 3000)
+    torn = [st for st in states if append_torn_out_of_order(run.trace, st)]
+    assert torn, "the workload no longer tears an append out of order"
+    assert [violation(run, model, st, str(target)) for st in torn] == [None] * len(torn)

@@ -773,9 +773,6 @@ class FileStore(Store):
         st = os.fstat(fd)
         self._dev, self._ino = st.st_dev, st.st_ino
         self._disk_size = len(doc)
-        if self._journal is not None:
-            self._journal.reset()  # its records belong to the replaced file
-            self._appends = 0
         if old >= 0:
             os.close(old)
         if self._spare < 0:
@@ -786,7 +783,14 @@ class FileStore(Store):
         try:
             self.disk.dirsync(self._dir_fd)
         except OSError as exc:
+            # The rename may not be durable: the journal must keep what it holds for the old file.
             self._stop(f"syncing the directory after replacing the file failed: {exc.strerror or exc}")
+            return
+        # Only once the rename is durable: until then a power loss can bring back the
+        # old file, whose unsynced data writes only the journal's records can redo.
+        if self._journal is not None:
+            self._journal.reset()  # its records belong to the replaced file
+            self._appends = 0
 
     def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
         """A batch failed: fail it and every change made since, and put memory
