@@ -262,7 +262,9 @@ def digest(trace: Trace) -> str:
     numbers: dict[int, int] = {}
     norm = []
     for op in trace.ops:
-        if op[0] in ("write", "truncate", "sync"):
+        if op[0] == "write":  # where and how much: the journal's bytes hold a random epoch
+            op = (op[0], numbers.setdefault(op[1], len(numbers)), op[2], len(op[3]))
+        elif op[0] in ("truncate", "sync"):
             op = (op[0], numbers.setdefault(op[1], len(numbers)), *op[2:])
         elif op[0] == "create":
             op = (op[0], _TMP.sub(".tmp", op[1]), numbers.setdefault(op[2], len(numbers)))
@@ -481,3 +483,20 @@ def test_open_case_an_append_torn_out_of_order_recovers(tmp_path: Path) -> None:
     torn = [st for st in states if append_torn_out_of_order(run.trace, st)]
     assert torn, "the workload no longer tears an append out of order"
     assert [violation(run, model, st, str(target)) for st in torn] == [None] * len(torn)
+
+
+@pytest.mark.xfail(strict=True, reason="open: found by a long run (INFRAKIT_CRASH_STATES=10000), not yet analysed")
+def test_open_case_found_by_the_long_run(tmp_path: Path) -> None:
+    """Seed 11 from a C plugin file: a power loss while a batch's in-place writes were in
+    flight came up in a state no prefix of the changes leads to (15 instances, 1
+    non-functional).  Not in OPEN_APPEND_REORDER's class; kept as found."""
+    choice = (0,) * 34 + (1, 1, 1, 2, 2, 0, 1, 1) + (0,) * 159
+    run = record_run(tmp_path, 11, 40, "c-plugin")
+    target = tmp_path / "replay"
+    target.mkdir()
+    assert violation(run, change_states(run), CrashState(85, choice), str(target)) is None
+
+
+def test_the_long_run_case_still_replays(tmp_path: Path) -> None:
+    """The xfail above replays its state only while the workload writes as it did."""
+    assert digest(record_run(tmp_path, 11, 40, "c-plugin").trace) == "83c3376d4d3e18f8"
