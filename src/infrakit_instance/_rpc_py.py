@@ -239,7 +239,7 @@ def _raw_id(body: bytes, items: list[list[int]]) -> bytes:
 def decode_body(body: bytes) -> Any:
     """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke
     (``INVALID_PARAMS`` if it nests deeper than :data:`MAX_DEPTH`)."""
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+    if len(body) > MAX_DEPTH and body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         depth, items = scan(body)
         if depth > MAX_DEPTH:
             raise RpcError(
