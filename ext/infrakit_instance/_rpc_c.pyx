@@ -33,6 +33,7 @@ __all__ = [
     "encode_id",
     "compact",
     "encode_result",
+    "plain_text",
     "scan",
     "split_call",
 ]
@@ -324,6 +325,55 @@ cdef object _raw_id(bytes body, list items):
             if value is None or type(value) in (str, int, float):
                 return text
     return NULL_ID
+
+
+def plain_text(body):
+    """Whether ``body`` holds nothing that orjson would write another way: escapes only
+    among those orjson writes, numbers only 64-bit integers (other than -0); the pure
+    twin's regular expressions as one C pass (number rules outside strings, which are
+    skipped as if absent)."""
+    cdef const unsigned char* p
+    cdef Py_ssize_t i, n, run = 0
+    cdef unsigned char c, prev = 0
+    cdef bint in_str = False, neg = False
+    if type(body) is not bytes:
+        body = bytes(body)
+    p = <const unsigned char*>PyBytes_AS_STRING(body)
+    n = PyBytes_GET_SIZE(body)
+    i = 0
+    while i < n:
+        c = p[i]
+        i += 1
+        if in_str:
+            if c == 34:
+                in_str = False
+            elif c == 92:
+                if i >= n:
+                    return False
+                c = p[i]
+                i += 1
+                if not (c == 34 or c == 92 or c == 110 or c == 114 or c == 116 or c == 98 or c == 102):
+                    return False
+            continue
+        if c == 34:
+            in_str = True
+            continue
+        if c == 92:
+            return False
+        if 48 <= c <= 57:
+            if run == 0:
+                neg = prev == 45
+                if neg and c == 48:
+                    return False
+            run += 1
+            if run >= 20 or (neg and run >= 19):
+                return False
+        elif run:
+            if c == 46 or c == 101 or c == 69:
+                return False
+            run = 0
+        prev = c
+    return not in_str
 
 
 cdef Py_ssize_t _openers(object body):

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _MAX_PENDING = 128  # pipelined requests in flight per connection before reading pauses
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
+_REQUEST = http.Request  # what the parser yields for a whole request
 
 
 class SocketInUse(Exception):
@@ -230,7 +231,10 @@ class Connection(asyncio.Protocol):
                     for item in items:
                         if self._closing:
                             break
-                        self._handle(item)
+                        if type(item) is _REQUEST:
+                            self._request(item)
+                        else:
+                            self._handle(item)
                     self._flush()
                     self._update_reading()
                     return
