@@ -344,19 +344,22 @@ def plain_text(body):
     while i < n:
         c = p[i]
         i += 1
-        if in_str:
-            if c == 34:
-                in_str = False
-            elif c == 92:
-                if i >= n:
-                    return False
+        if c == 34:
+            # a string: skipped in a tight loop, its escapes checked
+            in_str = True
+            while i < n:
                 c = p[i]
                 i += 1
-                if not (c == 34 or c == 92 or c == 110 or c == 114 or c == 116 or c == 98 or c == 102):
-                    return False
-            continue
-        if c == 34:
-            in_str = True
+                if c == 34:
+                    in_str = False
+                    break
+                if c == 92:
+                    if i >= n:
+                        return False
+                    c = p[i]
+                    i += 1
+                    if not (c == 34 or c == 92 or c == 110 or c == 114 or c == 116 or c == 98 or c == 102):
+                        return False
             continue
         if c == 92:
             return False
