@@ -424,17 +424,26 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        while slots and slots[0][0] is not None:
-            data, close = slots.popleft()
-            if type(data) is list:
-                transport.writelines(data)
+        if slots and slots[0][0] is not None:
+            # Every answer ready now goes out in one write (uvloop: one writev; big
+            # Describe answers stay buffers of their own, not copied).
+            out: list[bytes] = []
+            while slots and slots[0][0] is not None:
+                data, close = slots.popleft()
+                if type(data) is list:
+                    out.extend(data)
+                else:
+                    out.append(data)
+                if close:
+                    transport.writelines(out)
+                    slots.clear()
+                    self._backlog.clear()
+                    transport.close()
+                    return
+            if len(out) == 1:
+                transport.write(out[0])
             else:
-                transport.write(data)
-            if close:
-                slots.clear()
-                self._backlog.clear()
-                transport.close()
-                return
+                transport.writelines(out)
         if self._closing and not slots and not self._backlog:
             transport.close()
 
