@@ -29,6 +29,7 @@ __all__ = [
     "encode_id",
     "compact",
     "encode_result",
+    "plain_text",
     "scan",
     "split_call",
 ]
@@ -210,6 +211,22 @@ _STRING = re.compile(rb'("[^"\\]*(?:\\[\s\S][^"\\]*)*"?)')
 _WS = b" \t\r\n"
 
 
+#: A JSON string whose escapes are all among those orjson writes (\" \\ \n \r \t \b \f).
+_PLAIN_STRING = re.compile(rb'"(?:[^"\\]|\\["\\nrtbf])*"')
+#: Numbers orjson may write back another way: a fraction or exponent, minus zero, an
+#: integer beyond 64 bits (19 digits with a minus, 20 without).
+_NOT_PLAIN = re.compile(rb"-0|-[0-9]{19}|[0-9](?:[.eE]|[0-9]{19})")
+
+
+def plain_text(body: bytes) -> bool:
+    """Whether ``body`` holds nothing that orjson would write another way: escapes only
+    among those orjson writes, numbers only 64-bit integers (other than -0).  Then a
+    Spec parsed from it is written back as the text it came as, compacted (duplicate
+    keys aside: the last one is kept), and its text need not be located."""
+    rest = _PLAIN_STRING.sub(b"", body)
+    return b'"' not in rest and b"\\" not in rest and _NOT_PLAIN.search(rest) is None
+
+
 def compact(text: bytes) -> bytes:
     """JSON ``text`` without the whitespace between its tokens (numbers and strings
     kept as written); ``text`` itself when it has none."""
@@ -239,7 +256,7 @@ def _raw_id(body: bytes, items: list[list[int]]) -> bytes:
 def decode_body(body: bytes) -> Any:
     """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke
     (``INVALID_PARAMS`` if it nests deeper than :data:`MAX_DEPTH`)."""
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+    if len(body) > MAX_DEPTH and body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         depth, items = scan(body)
         if depth > MAX_DEPTH:
             raise RpcError(

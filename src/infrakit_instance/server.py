@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _MAX_PENDING = 128  # pipelined requests in flight per connection before reading pauses
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
+_REQUEST = http.Request  # what the parser yields for a whole request
 
 
 class SocketInUse(Exception):
@@ -209,22 +210,48 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
-        token = conn_id.set(self.cid)
-        try:
-            self._received(data)
-        finally:
-            conn_id.reset(token)
-
-    def _received(self, data: bytes) -> None:
+        # The event loop runs a connection's callbacks in a context of the connection's own
+        # (uvloop and asyncio copy one per transport), so the id set here stays for the
+        # connection: no set and reset on every read.
+        if conn_id.get() is not self.cid:
+            conn_id.set(self.cid)
         now = self._last = time.monotonic()
         server = self.server
         if server.debug:
             log.debug("<- %s", dump(data))
         parser = self.parser
         if parser.idle:
+            if not self._backlog:
+                items = parser.feed(data)
+                if (
+                    items
+                    and parser.idle
+                    and not self._busy
+                    and not self._closing
+                    and len(self._slots) + len(items) <= _MAX_PENDING
+                ):
+                    # The common read: whole requests and nothing left over; nothing is
+                    # held (no bytes to count), nothing waits in the backlog.
+                    for item in items:
+                        if self._closing:
+                            break
+                        if type(item) is _REQUEST:
+                            self._request(item)
+                        else:
+                            self._handle(item)
+                    self._flush()
+                    self._update_reading()
+                    return
+                self._req_start = now
+                self._fed(now, data, items, False)
+                return
             self._req_start = now
         in_body = parser.in_body
-        items = parser.feed(data)
+        self._fed(now, data, parser.feed(data), in_body)
+
+    def _fed(self, now: float, data: bytes, items: list[Any], in_body: bool) -> None:
+        server = self.server
+        parser = self.parser
         if in_body or parser.in_body:
             self._body_bytes += len(data)
         if items and not parser.idle:
@@ -261,17 +288,19 @@ class Connection(asyncio.Protocol):
         if not backlog:
             return
         while backlog and not self._closing and not self._busy and len(self._slots) < _MAX_PENDING:
-            item = backlog.popleft()
-            if item is http.CONTINUE:
-                self._slots.append([b"HTTP/1.1 100 Continue\r\n\r\n", False])
-            elif isinstance(item, http.HttpError):
-                self._http_error(item.status, item.message, True)
-                self._closing = True
-            else:
-                self._request(item)
+            self._handle(backlog.popleft())
         if self._closing:
             backlog.clear()
         self._account()
+
+    def _handle(self, item: Any) -> None:
+        if item is http.CONTINUE:
+            self._slots.append([b"HTTP/1.1 100 Continue\r\n\r\n", False])
+        elif isinstance(item, http.HttpError):
+            self._http_error(item.status, item.message, True)
+            self._closing = True
+        else:
+            self._request(item)
 
     def _http_error(self, status: int, message: str, close: bool, extra: bytes = b"") -> None:
         log.info("HTTP %d: %s", status, message)
@@ -368,8 +397,9 @@ class Connection(asyncio.Protocol):
 
     def _after_answer(self) -> None:
         self._flush()
-        self._process()
-        self._flush()
+        if self._backlog:
+            self._process()
+            self._flush()
         self._update_reading()
         self.server.idle_changed()
 
@@ -398,17 +428,26 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        while slots and slots[0][0] is not None:
-            data, close = slots.popleft()
-            if type(data) is list:
-                transport.writelines(data)
+        if slots and slots[0][0] is not None:
+            # Every answer ready now goes out in one write (uvloop: one writev; big
+            # Describe answers stay buffers of their own, not copied).
+            out: list[bytes] = []
+            while slots and slots[0][0] is not None:
+                data, close = slots.popleft()
+                if type(data) is list:
+                    out.extend(data)
+                else:
+                    out.append(data)
+                if close:
+                    transport.writelines(out)
+                    slots.clear()
+                    self._backlog.clear()
+                    transport.close()
+                    return
+            if len(out) == 1:
+                transport.write(out[0])
             else:
-                transport.write(data)
-            if close:
-                slots.clear()
-                self._backlog.clear()
-                transport.close()
-                return
+                transport.writelines(out)
         if self._closing and not slots and not self._backlog:
             transport.close()
 
