@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import impls
 from plugin_proc import Plugin, spawn, wait_for
 
 BODY = b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{"Type":"","Properties":{}},"id":1}'
@@ -29,7 +30,7 @@ def answers(sock: socket.socket, n: int) -> bytes:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-@pytest.mark.parametrize("impl", ["compiled", "pure"])
+@pytest.mark.parametrize("impl", impls.impl_params())
 def test_pipelined_answers_leave_in_one_write(tmp_path: Path, impl: str) -> None:
     env = {"INFRAKIT_INSTANCE_NO_EXTENSIONS": "1"} if impl == "pure" else {"INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS": "1"}
     p = Plugin(tmp_path, "--fsync", "never", env=env).start()

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+import impls
 from plugin_proc import Client, Plugin, console_script, spawn, wait_for
 
 BUILDS = {"compiled": {"INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS": "1"}, "pure": {"INFRAKIT_INSTANCE_NO_EXTENSIONS": "1"}}
 
 
-@pytest.fixture(params=list(BUILDS))
+@pytest.fixture(params=impls.impl_params())
 def build(request: pytest.FixtureRequest) -> dict[str, str]:
     return BUILDS[request.param]
 

@@ -8,6 +8,7 @@ naming the file and the byte offset and the file is left byte-identical.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -22,10 +23,13 @@ from typing import Any
 
 import pytest
 
-from infrakit_instance import _codec_c, _codec_py
+from infrakit_instance import _codec_py
 from plugin_proc import Client, Plugin, console_script, spawn, spec, wait_for
 
-TWINS = [pytest.param({}, id="compiled"), pytest.param({"INFRAKIT_INSTANCE_NO_EXTENSIONS": "1"}, id="pure")]
+TWINS = [
+    pytest.param({"INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS": "1"}, id="compiled", marks=pytest.mark.compiled),
+    pytest.param({"INFRAKIT_INSTANCE_NO_EXTENSIONS": "1"}, id="pure"),
+]
 
 
 def fill(tmp: Path, n: int, **kw: Any) -> tuple[Plugin, list[str]]:
@@ -366,8 +370,10 @@ class _Rec:
         self.brief, self.spec = brief, spec
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("properties", [False, True])
 def test_both_joins_agree_on_skewed_sizes(properties: bool) -> None:
+    _codec_c = importlib.import_module("infrakit_instance._codec_c")
     big = _Rec(b'{"ID":"a","Tags":{"x":"' + b"v" * (8 << 20) + b'"}}', b'{"k":1}')
     small = [_Rec(b'{"ID":"b%d","Tags":{}}' % i, None if i % 3 else b"{}") for i in range(5000)]
     for records in ([big, *small], [*small, big], [big, big, *small[:10]], [small[0], big, *small]):
