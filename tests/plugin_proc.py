@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,30 @@ class Client:
         assert "result" not in answer, answer
         err: dict[str, Any] = answer["error"]
         return err
+
+
+def provision_concurrently(plugin: Plugin, clients: int, each: int) -> dict[int, list[str]]:
+    """``clients`` keep-alive clients at once, each provisioning ``each`` instances of group
+    ``conc`` tagged ``worker=N``: the IDs each got, in order.  Any client's error is raised."""
+    results: dict[int, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with plugin.client() as c:
+                results[n] = [
+                    c.call("Instance.Provision", {"Spec": spec("conc", worker=str(n))})["ID"] for _ in range(each)
+                ]
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return results
 
 
 def spec(group: str = "workers", **extra_tags: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from plugin_proc import Client, Plugin, spec, wait_for, wire, with_body
+from plugin_proc import Client, Plugin, provision_concurrently, spec, wait_for, wire, with_body
 
 
 @pytest.fixture
@@ -420,24 +420,7 @@ def test_bad_http_gets_400_and_the_plugin_keeps_serving(client: Client, plugin: 
 
 
 def test_eight_keep_alive_clients_provision_200_each(plugin: Plugin) -> None:
-    results: dict[int, list[str]] = {}
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            with plugin.client() as c:
-                results[n] = [
-                    c.call("Instance.Provision", {"Spec": spec("conc", worker=str(n))})["ID"] for _ in range(200)
-                ]
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = provision_concurrently(plugin, 8, 200)
     made = [i for ids in results.values() for i in ids]
     assert len(made) == len(set(made)) == 1600
     with plugin.client() as c:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from etcd_cluster import EtcdCluster
-from plugin_proc import Plugin, spec
+from plugin_proc import Plugin, provision_concurrently, spec
 from test_e2e_protocol import (  # noqa: F401 - collected here against the etcd store
     client,
     test_batch,
@@ -52,24 +51,7 @@ def plugin(tmp_path: Path, etcd: EtcdCluster) -> Iterator[Plugin]:
 
 
 def test_eight_keep_alive_clients_provision_and_destroy_what_etcd_then_holds(plugin: Plugin, etcd: EtcdCluster) -> None:
-    results: dict[int, list[str]] = {}
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            with plugin.client() as c:
-                results[n] = [
-                    c.call("Instance.Provision", {"Spec": spec("conc", worker=str(n))})["ID"] for _ in range(100)
-                ]
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = provision_concurrently(plugin, 8, 100)
     made = [i for ids in results.values() for i in ids]
     assert len(made) == len(set(made)) == 800
     prefix = plugin.args[1].split("/", 3)[3]
