@@ -701,7 +701,7 @@ class FileStore(Store):
                 raise
             self._disk_size = new_size
             return
-        journal.log(self._fd, self._dev, self._ino, old_size, new_size, regions)
+        regions = journal.log(self._fd, self._dev, self._ino, old_size, new_size, regions)
         # Durable from here on: a failure below stops the store but does not fail the batch.
         self._disk_size = new_size
         self._appends = self._appends + 1 if append else 0

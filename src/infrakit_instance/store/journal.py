@@ -193,11 +193,18 @@ class Journal:
     def full(self) -> bool:
         return self.pos >= self.limit
 
-    def log(self, data_fd: int, dev: int, ino: int, old_size: int, new_size: int, regions: list[Region]) -> int:
+    def log(
+        self, data_fd: int, dev: int, ino: int, old_size: int, new_size: int, regions: list[Region]
+    ) -> list[Region]:
         """Append the batch as a record and sync the journal: from then on the batch is durable.
-        Where the record starts.  If that fails the record is cleared again (or
-        :class:`JournalStuck` says it could not be)."""
+        If that fails the record is cleared again (or :class:`JournalStuck` says it could not be).
+
+        The regions to write into the state file: those given, joined where they share a
+        chunk (the bytes between them as the file holds them), so that the batch writes
+        each chunk once.  A chunk written twice could reach the disk between the two
+        writes, in a state no record names, and the journal would no longer match it."""
         chunks = []
+        joined: list[Region] = []
         for first, count in _spans(regions):
             base = first * CHUNK
             old = os.pread(data_fd, count * CHUNK, base) if base < old_size else b""
@@ -211,11 +218,16 @@ class Journal:
                     new.extend(bytes(hi - len(new)))
                 new[lo:hi] = r.data
             del new[max(0, new_size - base) :]
+            inside = [r for r in regions if r.data and first * CHUNK <= r.offset < (first + count) * CHUNK]
+            lo = min(r.offset for r in inside)
+            hi = min(max(r.offset + len(r.data) for r in inside), new_size)
+            if hi > lo:
+                joined.append(Region(lo, bytes(new[lo - base : hi - base])))
             before = _chunk_crcs(old, first, count, base)
             after = _chunk_crcs(new, first, count, base)
             chunks += [(first + i, before[i], after[i]) for i in range(count)]
         rec = JournalRecord(
-            self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in regions], chunks
+            self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in joined], chunks
         )
         raw = rec.encode()
         start = self.pos
@@ -238,7 +250,7 @@ class Journal:
                 raise JournalStuck(again.errno, f"{exc.strerror or exc}; and clearing its record: {again}") from exc
             raise
         self.pos, self.count = end, self.count + 1
-        return start
+        return joined
 
     def reset(self) -> None:
         """The records' data is durable in the state file (or the file was replaced): start over.
