@@ -19,9 +19,8 @@ from infrakit_instance._impl import codec
 from infrakit_instance.plugin import Plugin
 from infrakit_instance.rpc import Dispatcher, Pending
 from infrakit_instance.state import Record, StateError
-from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load_state_file
+from infrakit_instance.store import FileStore, StoreError, UnknownInstance, load_state_file, trailer
 from infrakit_instance.store import journal as journal_mod
-from infrakit_instance.store.damage import diagnose
 from infrakit_instance.store.disk import Disk
 from infrakit_instance.store.file import inspect_state
 
@@ -204,35 +203,70 @@ def test_a_torn_append_is_cut_back_to_the_last_complete_element(tmp_path: Path) 
 
     run(fill)
     good = path.read_bytes()
-    doc_end = len(good.rstrip(b" "))
     ids = [d["ID"] for d in json.loads(good)["Instances"]]
-    tail = codec.TAIL
+
+    async def append() -> None:
+        store = FileStore(str(path))
+        await store.open()
+        await provision(store, record(6, extra=1300))  # over three sectors
+        await store.close()
+
+    run(append)
+    whole = path.read_bytes()  # the same file with one more append batch, as the store writes it
+    assert len(whole) == len(good)
+    start = next(i for i in range(len(good)) if good[i] != whole[i])
+    stop = len(whole.rstrip(b" "))
     # What a crash can leave of an append: a prefix of its bytes over the old
     # closing bytes and padding (which stay where it did not reach).
-    new = b",\n" + record(6, extra=300).element() + b" " * 32 + tail
-    start = doc_end - len(tail)
-    for cut in (1, 2, 3, 4, 50, len(new) - 6, len(new) - 4):
-        torn = good[:start] + new[:cut] + good[start + cut :]
-        damage = diagnose(torn)
-        assert damage is not None and damage.torn and damage.repaired is not None, cut
-        complete = cut >= 2 + len(record(6, extra=300).element())  # the new element is whole: kept
-        expect = ids + (["id-6"] if complete else [])
-        assert [d["ID"] for d in json.loads(damage.repaired)["Instances"]] == expect, cut
+    cuts = (1, 2, 3, 4, 50, stop - start - 140, stop - start - 70, stop - start - 5)
+    assert sorted(cuts) == list(cuts)  # the batch is longer than these: each cuts it short
+    for cut in cuts:
+        torn = whole[: start + cut] + good[start + cut :]
         path.write_bytes(torn)
 
-        async def reopen(expect: list[str] = expect) -> None:
+        async def reopen() -> None:
             store = FileStore(str(path))
             await store.open()
-            assert [d["ID"] for d in described(store)] == expect
+            # The batch's trailer (and the closing bytes, in its sector) never landed: it is
+            # cut back whole, never acknowledged, even where its element is complete.
+            assert [d["ID"] for d in described(store)] == ids
             await provision(store, record(7))
             await store.close()
 
         run(reopen)
-        assert [d["ID"] for d in on_disk(str(path))] == expect + ["id-7"]
+        assert [d["ID"] for d in on_disk(str(path))] == ids + ["id-7"], cut
+
+    # Torn inside the closing bytes, after a whole trailer: the batch checks out and is kept.
+    async def kept() -> None:
+        store = FileStore(str(path))
+        await store.open()
+        assert [d["ID"] for d in described(store)] == ids + ["id-6"]
+        await store.close()
+
+    for cut in (stop - start - 4, stop - start - 1):
+        path.write_bytes(whole[: start + cut] + good[start + cut :])
+        run(kept)
+        assert [d["ID"] for d in on_disk(str(path))] == ids + ["id-6"], cut
+    # Sectors of the batch landed out of order (one lost before one kept): the checksum
+    # in its trailer tells, and it is cut back too.
+    mid = (start // 512 + 1) * 512  # the batch's second sector, inside the Spec's long string
+    assert whole[mid : mid + 512] == b"x" * 512
+    torn = whole[:mid] + good[mid : mid + 512] + whole[mid + 512 :]
+    path.write_bytes(torn)
+    json.loads(torn)  # the gap is spaces inside a string: the document still parses
+    run(reopen)
     # Garbage that is no torn append is refused: nothing after the damage is dropped.
-    cut_short = good[:start] + new[:50]  # the file ends inside an element: no padding after it
-    damage = diagnose(cut_short)
-    assert damage is not None and not damage.torn
+    cut_short = whole[: start + 50]  # the file ends inside an element: no padding after it
+    path.write_bytes(cut_short)
+    with pytest.raises(StateError, match="damaged at byte"):
+        run(reopen)
+    assert path.read_bytes() == cut_short
+    flipped = bytearray(whole)
+    flipped[start + 100] ^= 1  # one bit of a synced batch: no sector is as before it
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(StateError, match="do not match its checksum"):
+        run(reopen)
+    assert path.read_bytes() == bytes(flipped)
 
 
 def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
@@ -717,7 +751,11 @@ def test_labels_fit_in_the_room_after_each_element_even_after_a_restart(tmp_path
     second = before.index(b'{"ID":"id-1"')
     run(lambda: label({"rack": "r12"}))  # grows the element by 13 bytes: fits in the room left for labels
     after = Path(path).read_bytes()
-    assert after[second:] == before[second:]  # nothing after it moved
+    last = trailer.find_last(after)
+    assert after[second:last] == before[second:last]  # nothing after it moved
+    # The in-place write went through the journal: the last append batch's checksum, which
+    # covers bytes it may change, is turned into the trailer that asks for no check.
+    assert after[last : last + trailer.SIZE] == trailer.NO_CHECK != before[last : last + trailer.SIZE]
     assert on_disk(path)[0]["Tags"]["rack"] == "r12"
     run(lambda: label({"big": "x" * 200}))  # does not fit: everything after it moves, order kept
     assert [d["ID"] for d in on_disk(path)] == ["id-0", "id-1", "id-2"]

@@ -21,6 +21,7 @@ import orjson
 
 from .._impl import codec
 from ..state import Record, State, StateError
+from . import trailer
 
 __all__ = ["PAD_KEEP", "Damage", "diagnose", "salvage"]
 
@@ -91,11 +92,24 @@ def _record(line: bytes) -> tuple[Record, dict[str, str]] | None:
     return Record(instance_id, brief, spec), tags
 
 
-def _scan(data: bytes) -> _Scan | None:
-    i = data.find(_HEAD_END)
+def _head_end(data: bytes) -> int:
+    """Where the line that opens the Instances array ends (-1: no such line); a
+    trailer (see :mod:`.trailer`) and spaces may follow the "[" of an empty document."""
+    i = data.find(_HEAD_END[:-1])
     if i < 0:
+        return -1
+    j = i + len(_HEAD_END) - 1
+    k = data.find(b"\n", j)
+    if k < 0:
+        return -1
+    line, _ = trailer.strip(data[j:k])
+    return k + 1 if not line.strip(b" ") else -1
+
+
+def _scan(data: bytes) -> _Scan | None:
+    head_end = _head_end(data)
+    if head_end < 0:
         return None
-    head_end = i + len(_HEAD_END)
     try:
         head = State.from_document(orjson.loads(data[: head_end - 1] + b"]}"))
     except (orjson.JSONDecodeError, StateError):
@@ -107,7 +121,7 @@ def _scan(data: bytes) -> _Scan | None:
     while pos < len(data):
         nl = data.find(b"\n", pos)
         end = len(data) if nl < 0 else nl + 1
-        line = data[pos:end]
+        line = trailer.strip(data[pos:end])[0]  # a trailer is whitespace after an element's room
         if not line.strip(_WS):
             scan.lines.append(_Line(pos, end, "blank"))
         elif line == _CLOSE and not closed:
@@ -188,7 +202,7 @@ def salvage(data: bytes) -> tuple[State, list[tuple[int, int, str]]]:
             continue
         rec = ln.record
         if ln.kind == "bad":
-            if ln.elem_end >= 0 and data[ln.elem_end : ln.end].strip(_WS + b","):
+            if ln.elem_end >= 0 and data[ln.elem_end : ln.end].strip(_WS + b",\r\t"):
                 lost.append((ln.elem_end, ln.end, "damaged bytes after an intact element"))
             elif ln.elem_end < 0:
                 lost.append((ln.start, ln.end, "damaged bytes"))

@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import stat
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .damage import PAD_KEEP, diagnose
 from .disk import Disk
 from .journal import Journal, JournalStuck, Region, apply, apply_records, replay, replayed_image
+from .trailer import NO_CHECK, Tail, torn_tail
+from .trailer import SIZE as _TRAILER
+from .trailer import encode as _trailer
+from .trailer import place as _trailer_pad
+from .trailer import strip as _strip_trailer
 
 __all__ = [
     "FileStore",
@@ -92,6 +98,9 @@ class Loaded:
     #: The document cut back to its last complete element, when a crash cut an
     #: append short (see :mod:`journal`); the file still holds the torn one.
     repaired: bytes | None = None
+    #: The document ends in a batch trailer (see :mod:`.trailer`); files of the plugin's
+    #: layout written before trailers have none.
+    trailer: bool = False
 
 
 def load_state_file(path: str) -> Loaded:
@@ -103,11 +112,28 @@ def load_state_file(path: str) -> Loaded:
 def load_state_fd(fd: int, path: str) -> Loaded:
     """:func:`load_state_file` of an open file (read from offset 0, the descriptor's position untouched)."""
     size = os.fstat(fd).st_size
+    start, window = _last_bytes(fd, size)
+    tail = torn_tail(window)
+    if tail.trailer < 0 and start > 0 or tail.repaired is not None or tail.damage is not None:
+        return load_state_bytes(read_all(fd), path)  # judged on the whole file
     with os.fdopen(os.dup(fd), "rb") as f:
         placed = read_layout(f)
     if placed is not None:
-        return Loaded(placed[0], placed[1], size)
+        return Loaded(placed[0], placed[1], size, trailer=tail.trailer >= 0)
     return load_state_bytes(read_all(fd), path, layout=False)
+
+
+def _last_bytes(fd: int, size: int) -> tuple[int, bytes]:
+    """The end of a file: its padding and at least a MiB before it (or all of it); and where that starts."""
+    step = 1 << 20
+    pos = size
+    while pos > 0:
+        lo = max(0, pos - step)
+        if os.pread(fd, pos - lo, lo).strip(b" \0"):
+            break
+        pos = lo
+    start = max(0, pos - step)
+    return start, os.pread(fd, size - start, start)
 
 
 def read_all(fd: int) -> bytes:
@@ -125,22 +151,35 @@ def read_all(fd: int) -> bytes:
 def load_state_bytes(data: bytes, path: str, layout: bool = True) -> Loaded:
     """:func:`load_state_file` for a document already in memory.
 
-    A torn last append (see :mod:`.damage`) is cut back (``repaired``); any
-    other damage raises :class:`StateError` naming the byte offset and the
-    intact instances around it."""
+    A torn last append (see :mod:`.trailer`, and :mod:`.damage` for files
+    written before trailers) is cut back (``repaired``); any other damage raises
+    :class:`StateError` naming the byte offset and the intact instances around it."""
+    tail = torn_tail(data)
+    if tail.damage is not None:
+        raise StateError(_tail_damage(path, tail))
+    if tail.repaired is not None:
+        return Loaded(parse_state(tail.repaired, path), -1, len(data), tail.repaired, True)
     if layout:
         placed = read_layout(io.BytesIO(data))
         if placed is not None:
-            return Loaded(placed[0], placed[1], len(data))
+            return Loaded(placed[0], placed[1], len(data), trailer=tail.trailer >= 0)
     try:
         return Loaded(parse_state(data, path), -1, len(data))
     except StateError:
         damage = diagnose(data)
         if damage is None:
             raise
-        if not damage.torn or damage.repaired is None:
+        # With trailers, a torn append is what the trailer says, nothing else.
+        if not damage.torn or damage.repaired is None or tail.trailer >= 0:
             raise StateError(damage.describe(path)) from None
     return Loaded(parse_state(damage.repaired, path), -1, len(data), damage.repaired)
+
+
+def _tail_damage(path: str, tail: Tail) -> str:
+    return (
+        f"state file {path} is damaged at byte {tail.damage_at} ({tail.damage}), so nothing was changed;"
+        f" `infrakit-instance state salvage {path} --out NEW` writes every intact instance to a new file"
+    )
 
 
 _HEAD_END = b'"Instances":[\n'
@@ -159,6 +198,9 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
     pos = 0
     for line in it:
         pos += len(line)
+        line, at = _strip_trailer(line)  # an empty document's trailer follows its "[" (and spaces)
+        if at >= 0:
+            line = line[:at].rstrip(b" ") + line[at:]
         head.append(line)
         if line.endswith(_HEAD_END):
             break
@@ -176,6 +218,8 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
     for line in it:
         start = pos
         pos += len(line)
+        # A batch's trailer follows its last element's room (never part of the slot).
+        line = _strip_trailer(line)[0]
         if end >= 0:
             if line.strip(b" "):  # only padding may follow the document
                 return None
@@ -237,7 +281,13 @@ def inspect_state(path: str) -> Inspected:
 
 def compacted_size(state: State) -> int:
     """How big the file would be, rewritten whole now (without removals' whitespace)."""
-    return len(state.document(_SLACK)[0])
+    return len(_closed(state.document(_SLACK)[0]))
+
+
+def _closed(doc: bytes) -> bytes:
+    """A whole document as written at a rewrite: its closing bytes after a NO_CHECK trailer."""
+    body = doc[: -len(_TAIL)]
+    return body + b" " * _trailer_pad(len(body)) + NO_CHECK + _TAIL
 
 
 def _padding(end: int) -> int:
@@ -310,6 +360,11 @@ class FileStore(Store):
         self._journal: Journal | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="infrakit-store")
         self._end = 0  # where the document ends once every pending write is made
+        # The pending batch's appended elements end here (-1: none); its tail (the trailer
+        # and the closing bytes) is written there when the batch is cut (_seal).
+        self._tip = -1
+        self._append_from = -1  # where the pending batch's first element begins
+        self._checked = False  # the last trailer carries a checksum (not NO_CHECK)
         self._size = 0  # the file size then (the document and its padding)
         self._live = 0  # about what the file would take compacted
         self._disk_size = 0  # file size on disk now
@@ -431,8 +486,13 @@ class FileStore(Store):
         if loaded.repaired is not None:
             log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
         self._state = state
-        if end >= 0:
+        if end >= 0 and not loaded.trailer:
+            log.info("state file %s: adding the batch trailer this version keeps; rewriting it", self.path)
+            self._disk_size = size
+            self._replace_file(self._plan_rewrite())
+        elif end >= 0:
             self._end = end
+            self._checked = True  # at worst a needless NO_CHECK write later
             self._size = self._disk_size = size
             self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
             log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
@@ -487,18 +547,14 @@ class FileStore(Store):
         had_live = len(state) > 0
         state.append(record, tags)
         elem = record.element() + b" " * _SLACK  # room for labels: most then fit in place
-        start = self._end - len(_TAIL)
+        start = self._tip
+        if start < 0:  # the batch's first: right after the last batch's trailer
+            start = self._append_from = self._end - len(_TAIL)
         sep = b",\n" if had_live else b"\n"
         record.off = start + len(sep)
         record.size = len(elem)
-        end = start + len(sep) + len(elem) + len(_TAIL)
-        if end + PAD_KEEP <= self._size:
-            self._queue(start, sep + elem + _TAIL, in_place=False)
-        else:
-            size = end + _padding(end)
-            self._queue(start, sep + elem + _TAIL + b" " * (size - end), in_place=False)
-            self._size = size
-        self._end = end
+        self._queue(start, sep + elem, in_place=False)
+        self._tip = start + len(sep) + len(elem)
         self._live += len(sep) + len(elem)
         return self._waiter()
 
@@ -622,16 +678,49 @@ class FileStore(Store):
             r.off, r.size = pos, len(elem)
             parts.append(elem)
             pos += len(elem)
-        parts.append(_TAIL)
-        end = pos + len(_TAIL)
-        if end < self._end:
-            parts.append(b" " * (self._end - end))  # the old end becomes padding
+        self._queue(origin, b"".join(parts))
+        self._tip = pos  # the tail follows: _seal
+
+    def _seal(self) -> None:
+        """Close the pending batch's document: after appended or moved elements, the
+        trailer (checksummed later, by _sign, if the batch is appends only) and the
+        closing bytes, in one sector; padding grown if need be.  A journaled batch that
+        closes nothing still turns a checksummed last trailer into NO_CHECK: its in-place
+        writes may change the bytes that checksum covers."""
+        pos, self._tip = self._tip, -1
+        if pos < 0:
+            if self._in_place and self._checked:
+                self._queue(self._end - len(_TAIL) - _TRAILER, NO_CHECK)
+                self._checked = False
+            return
+        pad = _trailer_pad(pos)
+        end = pos + pad + _TRAILER + len(_TAIL)
+        parts = [b" " * pad, NO_CHECK, _TAIL]
+        # How far the document and this batch's writes reach: a relayout that shrank it
+        # leaves the old end (and elements appended before it moved them) as padding.
+        reach = max(self._end, max((off + len(data) for off, data in self._writes), default=0))
+        if end < reach:
+            parts.append(b" " * (reach - end))
         if end + PAD_KEEP > self._size:
             size = end + _padding(end)
-            parts.append(b" " * (size - max(end, self._end)))
+            parts.append(b" " * (size - max(end, reach)))
             self._size = size
-        self._queue(origin, b"".join(parts))
+        self._queue(pos, b"".join(parts), in_place=self._in_place)
         self._end = end
+        self._checked = not self._in_place
+
+    def _sign(self, regions: list[Region]) -> list[Region]:
+        """Write the checksum of an append batch's bytes into its trailer."""
+        start, self._append_from = self._append_from, -1
+        at = self._end - len(_TAIL) - _TRAILER
+        for n, r in enumerate(regions):
+            if r.offset <= start < r.offset + len(r.data):
+                lo, hi = start - r.offset, at - r.offset
+                data = r.data
+                crc = zlib.crc32(memoryview(data)[lo:hi])
+                regions[n] = Region(r.offset, data[:hi] + _trailer(at - start, crc) + data[hi + _TRAILER :])
+                return regions
+        raise AssertionError("an append batch holds its elements and trailer in one region")
 
     def _maybe_compact(self) -> None:
         if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
@@ -642,6 +731,9 @@ class FileStore(Store):
         doc, offsets = self._state.document(_SLACK)
         for rec, off in zip(self._state.instances.values(), offsets, strict=True):
             rec.off, rec.size = off, len(rec.element()) + _SLACK
+        doc = _closed(doc)
+        self._tip = self._append_from = -1
+        self._checked = False
         self._writes = []
         self._in_place = False
         self._relayout_at = -1
@@ -674,9 +766,14 @@ class FileStore(Store):
                     doc = self._plan_rewrite()
                     await loop.run_in_executor(self._executor, self._replace_file, doc)
                 else:
+                    self._seal()
                     writes, self._writes = self._writes, []
                     append, self._in_place = not self._in_place, False
-                    self._commit(_merge(writes, self._size), append)
+                    regions = _merge(writes, self._size)
+                    if append and self._append_from >= 0:
+                        regions = self._sign(regions)
+                    self._append_from = -1
+                    self._commit(regions, append)
             except OSError as exc:
                 self._fail(waiters, exc)
                 continue
@@ -802,6 +899,8 @@ class FileStore(Store):
         self._batch = None
         self._writes = []
         self._in_place = False
+        self._tip = self._append_from = -1
+        self._checked = True
         self._relayout_at = -1
         self._grown.clear()
         self._rewrite = False
