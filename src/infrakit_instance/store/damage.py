@@ -1,6 +1,9 @@
 """Damage in a state file of the plugin's layout: find it, tell a torn last append
 from anything else, and salvage what is intact.
 
+Files that end in a batch trailer are judged by it (:mod:`.trailer`); the rule
+below is for files of the layout written before trailers.
+
 The only damage a crash of this plugin can leave is a **torn append**: an append
 batch overwrites the document's closing bytes and the padding after them, so what
 is left of it lies after the last complete element, and the file still ends in

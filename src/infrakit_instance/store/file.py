@@ -10,6 +10,8 @@
 * rare moves (NonFunctional, restore to the front, Provider) and files with
   too many holes are rewritten whole: temporary file, fsync, rename.
 
+Every append batch ends in a checksummed :mod:`.trailer`, so that one torn by a
+power loss is told from a whole one.
 Every batch costs one sync: appends go straight to the file, everything else
 through the redo :mod:`journal`; concurrent changes share one batch (group
 commit).  All durable I/O goes through one :class:`~.disk.Disk`.  The state

@@ -5,8 +5,8 @@ Two kinds of batch reach the disk, each with one sync:
 * **direct** (appends while the journal holds no record): the batch writes
   past the last element, overwriting only the document's closing bytes and
   padding, then syncs the state file.  No journal work at all.  A crash can
-  only leave a torn tail, which the loader recognises as such (see
-  :mod:`.damage`) and cuts back.
+  only leave a torn tail, which the batch's checksummed trailer lets the
+  loader recognise as such (see :mod:`.trailer`) and cut back.
 * **journaled** (destroys, labels, relayouts, and appends while records are
   pending): the batch's new bytes are appended to the journal as one record
   and the journal is synced: the batch is durable and is answered.  Then the
