@@ -191,7 +191,11 @@ class Dispatcher:
         if isinstance(result, Pending):
             if id_json is None:
                 return None, err_id, name  # a notification: nobody waits for the write
-            return Pending(result.done, envelope.encode_result(id_json, result.answer), id_json, name), err_id, name
+            # Methods hand over a Pending of their own: it is put in its envelope in place.
+            result.answer = envelope.encode_result(id_json, result.answer)
+            result.id_json = id_json
+            result.method = name
+            return result, err_id, name
         if isinstance(result, Parts):
             if id_json is None:
                 return None, err_id, name
