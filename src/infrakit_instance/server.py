@@ -335,8 +335,9 @@ class Connection(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------
 
     def _request(self, req: Any) -> None:
-        keep_alive = req.keep_alive and not self.server.stopping
-        if self.server.tcp and not self._guard(req, keep_alive):
+        server = self.server
+        keep_alive = req.keep_alive and not server.stopping
+        if server.tcp and not self._guard(req, keep_alive):
             if not keep_alive:
                 self._closing = True
             return
@@ -348,7 +349,6 @@ class Connection(asyncio.Protocol):
         elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
             self._http_error(415, "Content-Type must be application/json", not keep_alive)
         else:
-            server = self.server
             if server.debug:
                 log.debug("request: %s", dump(req.body))
             answer = server.dispatcher.handle(req.body)
@@ -443,6 +443,16 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if len(slots) == 1:
+            slot = slots[0]
+            data = slot[0]
+            if type(data) is bytes and not slot[1]:
+                # The common turn: one answer ready, the connection stays open.
+                slots.clear()
+                transport.write(data)
+                if self._closing and not self._backlog:
+                    transport.close()
+                return
         if slots and slots[0][0] is not None:
             # Every answer ready now goes out in one write (uvloop: one writev; big
             # Describe answers stay buffers of their own, not copied).
