@@ -35,6 +35,8 @@ INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 Result = bytes | Parts | Pending | Awaitable[bytes]
 
 _OK = b'{"Type":%s,"OK":true}'
+_EMPTY_TYPE = b'""'
+_OK_EMPTY = _OK % _EMPTY_TYPE
 _BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
 _APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
 _TYPES = orjson.dumps({"Types": {f"Instance/{v}": [] for v in INSTANCE_VERSIONS}})
@@ -101,14 +103,14 @@ class Plugin:
     def _type(params: dict[str, Any]) -> bytes:
         kind = params.get("Type")
         if kind is None or kind == "":
-            return b'""'
+            return _EMPTY_TYPE
         if not isinstance(kind, str):
             raise _params_error('"Type" must be a string')
         raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
 
     def validate(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
-        answer = _OK % type_json
+        answer = _OK_EMPTY if type_json is _EMPTY_TYPE else _OK % type_json
         if self.provider.logical:
             return answer
         return self._provider_call(self.provider.validate(params.get("Properties")), answer)
@@ -209,7 +211,7 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return Pending(fut, _OK % type_json)
+        return Pending(fut, _OK_EMPTY if type_json is _EMPTY_TYPE else _OK % type_json)
 
     def destroy(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)
@@ -239,7 +241,7 @@ class Plugin:
             raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return Pending(fut, _OK % type_json)
+        return Pending(fut, _OK_EMPTY if type_json is _EMPTY_TYPE else _OK % type_json)
 
     def describe(self, params: dict[str, Any]) -> Result:
         type_json = self._type(params)

@@ -131,20 +131,41 @@ class Dispatcher:
             # _needs_text, inline: this runs for every request
             ident = doc.get("id")
             kind = type(ident)
+            name = doc.get("method")
+            if type(name) is not str:
+                name = None  # answered as an invalid request; an unhashable one is no key of spec_methods
             if (
-                (doc.get("method") in self.spec_methods and not envelope.plain_text(body))
+                (name in self.spec_methods and not envelope.plain_text(body))
                 or kind is float
                 or (kind is str and b"\\" in body)
                 or (kind is int and ident == 0 and b"-0" in body)
             ):
                 raw = _texts(body, envelope.scan(body)[1])
+            elif name is not None and (method := self.methods.get(name)) is not None:
+                # The common request, inline: a known method, its id and params as parsed.
+                try:
+                    call = envelope.split_call(doc)
+                except RpcError:
+                    call = None  # answered below, the error text made in one place
+                if call is not None and (id_json := call.id_json) is not None:
+                    try:
+                        result = method(call.params)
+                    except RpcError as exc:
+                        return error_answer(id_json, exc.code, exc.message, name)
+                    except Exception as exc:  # a bug must answer, not kill the connection
+                        log.exception("%s failed", name)
+                        return _internal(id_json, name, exc)
+                    if isinstance(result, bytes):
+                        return envelope.encode_result(id_json, result)
+                    return self._wrap(result, id_json, name)
         return self._one(doc, raw[0] if raw else None)[0]
 
     def _needs_text(self, doc: Any, body: bytes) -> bool:
         """Whether the id or the Spec of a request object must be read from the body's text."""
         if not isinstance(doc, dict):
             return False
-        if doc.get("method") in self.spec_methods:
+        name = doc.get("method")
+        if type(name) is str and name in self.spec_methods:
             return True
         ident = doc.get("id")
         kind = type(ident)
@@ -188,16 +209,25 @@ class Dispatcher:
             return (None if id_json is None else answer), err_id, name
         if isinstance(result, bytes):
             return (None if id_json is None else envelope.encode_result(id_json, result)), err_id, name
-        if isinstance(result, Pending):
-            if id_json is None:
+        if id_json is None:
+            if isinstance(result, (Pending, Parts)):
                 return None, err_id, name  # a notification: nobody waits for the write
-            return Pending(result.done, envelope.encode_result(id_json, result.answer), id_json, name), err_id, name
+            return _finish(result, id_json, name), err_id, name
+        return self._wrap(result, id_json, name), err_id, name
+
+    @staticmethod
+    def _wrap(result: Any, id_json: bytes, name: str) -> Answer:
+        """A method's answer other than bytes, in its envelope for the request of id ``id_json``."""
+        if isinstance(result, Pending):
+            # Methods hand over a Pending of their own: it is put in its envelope in place.
+            result.answer = envelope.encode_result(id_json, result.answer)
+            result.id_json = id_json
+            result.method = name
+            return result
         if isinstance(result, Parts):
-            if id_json is None:
-                return None, err_id, name
             head, body, tail = tuple.__iter__(result)
-            return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}")), err_id, name
-        return _finish(result, id_json, name), err_id, name
+            return Parts((b'{"jsonrpc":"2.0","result":' + head, body, tail + b',"id":' + id_json + b"}"))
+        return _finish(result, id_json, name)
 
     def _batch(self, docs: list[Any], body: bytes) -> Answer:
         if not docs:

@@ -140,6 +140,7 @@ class Connection(asyncio.Protocol):
         "_paused",
         "_req_start",
         "_slots",
+        "_waiting",
         "_win_bytes",
         "_win_start",
         "cid",
@@ -154,6 +155,8 @@ class Connection(asyncio.Protocol):
         self.parser = http.HttpParser(server.config.max_body)
         self.transport: asyncio.Transport | None = None
         self._slots: deque[list[Any]] = deque()
+        # The store's batch futures this connection waits on, each with its (pending, slot, keep_alive)s.
+        self._waiting: dict[asyncio.Future[None], list[tuple[Pending, list[Any], bool]]] = {}
         self._backlog: deque[Any] = deque()  # parsed requests waiting for the output to drain
         self._closing = False
         self._dead = False  # refused (408/503): nothing more is read
@@ -240,7 +243,8 @@ class Connection(asyncio.Protocol):
                         else:
                             self._handle(item)
                     self._flush()
-                    self._update_reading()
+                    if self._paused or len(self._slots) >= _MAX_PENDING or self._busy or self._backlog:
+                        self._update_reading()  # otherwise reading stays on, as it is
                     return
                 self._req_start = now
                 self._fed(now, data, items, False)
@@ -331,8 +335,9 @@ class Connection(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------
 
     def _request(self, req: Any) -> None:
-        keep_alive = req.keep_alive and not self.server.stopping
-        if self.server.tcp and not self._guard(req, keep_alive):
+        server = self.server
+        keep_alive = req.keep_alive and not server.stopping
+        if server.tcp and not self._guard(req, keep_alive):
             if not keep_alive:
                 self._closing = True
             return
@@ -341,22 +346,27 @@ class Connection(asyncio.Protocol):
             self._slots.append([self._info(req, keep_alive), not keep_alive])
         elif req.method != b"POST":
             self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, b"Allow: POST\r\n")
-        elif req.content_type and req.content_type.split(b";", 1)[0].strip().lower() != _JSON:
+        elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
             self._http_error(415, "Content-Type must be application/json", not keep_alive)
         else:
-            if self.server.debug:
+            if server.debug:
                 log.debug("request: %s", dump(req.body))
-            answer = self.server.dispatcher.handle(req.body)
-            if answer is None or isinstance(answer, (bytes, Parts)):
+            answer = server.dispatcher.handle(req.body)
+            if answer is None or isinstance(answer, bytes) or isinstance(answer, Parts):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
                 # Answered when the change is durable (Pending) or the work is done (a future).
                 slot: list[Any] = [None, not keep_alive]
                 self._slots.append(slot)
-                self.server.inflight += 1
+                server.inflight += 1
                 if isinstance(answer, Pending):
-                    callback = functools.partial(self._settled, pending=answer, slot=slot, keep_alive=keep_alive)
-                    answer.done.add_done_callback(callback)
+                    # One callback per store batch and connection answers every slot it holds.
+                    done = answer.done
+                    waiting = self._waiting.get(done)
+                    if waiting is None:
+                        waiting = self._waiting[done] = []
+                        done.add_done_callback(self._batch_done)
+                    waiting.append((answer, slot, keep_alive))
                 else:
                     answer.add_done_callback(functools.partial(self._answered, slot=slot, keep_alive=keep_alive))
         if not keep_alive:
@@ -390,9 +400,12 @@ class Connection(asyncio.Protocol):
         slot[0] = self._respond(fut.result(), keep_alive)
         self._after_answer()
 
-    def _settled(self, _: asyncio.Future[None], *, pending: Pending, slot: list[Any], keep_alive: bool) -> None:
-        self.server.inflight -= 1
-        slot[0] = self._respond(pending.settle(), keep_alive)
+    def _batch_done(self, done: asyncio.Future[None]) -> None:
+        waiting = self._waiting.pop(done)
+        self.server.inflight -= len(waiting)
+        respond = self._respond
+        for pending, slot, keep_alive in waiting:
+            slot[0] = respond(pending.settle(), keep_alive)
         self._after_answer()
 
     def _after_answer(self) -> None:
@@ -406,6 +419,8 @@ class Connection(asyncio.Protocol):
     def _respond(self, body: bytes | Parts | None, keep_alive: bool) -> bytes | list[bytes]:
         if self.server.debug:
             log.debug("-> %s", dump(body.join() if isinstance(body, Parts) else body or b""))
+        if type(body) is bytes:
+            return http.build_response(200, body, keep_alive)
         if isinstance(body, Parts):
             head, middle, tail = tuple.__iter__(body)
             return [http.build_head(200, len(body), keep_alive) + head, middle, tail]
@@ -428,6 +443,16 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if len(slots) == 1:
+            slot = slots[0]
+            data = slot[0]
+            if type(data) is bytes and not slot[1]:
+                # The common turn: one answer ready, the connection stays open.
+                slots.clear()
+                transport.write(data)
+                if self._closing and not self._backlog:
+                    transport.close()
+                return
         if slots and slots[0][0] is not None:
             # Every answer ready now goes out in one write (uvloop: one writev; big
             # Describe answers stay buffers of their own, not copied).
