@@ -656,8 +656,19 @@ class FileStore(Store):
     # -- the writer -----------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Cut batches and make them durable, one at a time, in order.
+
+        A batch is planned here, on the event loop; its durable I/O (journal
+        record, writes, sync, checkpoint, rewrite) runs on the store's one
+        executor thread, while the loop keeps taking changes into the next
+        batch (pipelined group commit).  A batch is answered once its I/O is
+        done; the next one's I/O starts only after that.  Without syncs there
+        is nothing to wait for: the writes are made inline (and so they are for a
+        :class:`~.disk.Disk` stand-in that does not ask for ``overlap``)."""
         assert self._wake is not None
         loop = asyncio.get_running_loop()
+        executor = self._executor
+        overlap = self.disk.sync and self.disk.overlap
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -667,16 +678,25 @@ class FileStore(Store):
                 continue
             waiters, self._waiters = self._waiters, []
             self._batch = None
+            if self.stopped is not None:
+                # Stopped while the batch before this one was written: refuse these changes.
+                self._refuse(waiters)
+                continue
             if self._relayout_at >= 0:
                 self._relayout()
             try:
                 if self._rewrite:
                     doc = self._plan_rewrite()
-                    await loop.run_in_executor(self._executor, self._replace_file, doc)
+                    await loop.run_in_executor(executor, self._replace_file, doc)
                 else:
                     writes, self._writes = self._writes, []
                     append, self._in_place = not self._in_place, False
-                    self._commit(_merge(writes, self._size), append)
+                    size = self._size
+                    regions = _merge(writes, size)
+                    if overlap:
+                        await loop.run_in_executor(executor, self._commit, regions, append, size)
+                    else:
+                        self._commit(regions, append, size)
             except OSError as exc:
                 self._fail(waiters, exc)
                 continue
@@ -685,13 +705,16 @@ class FileStore(Store):
                     fut.set_result(None)
             if self.stopped is None and self._journal is not None and not self._journal.empty:
                 if self._journal.full or self._appends >= _JOURNALED_APPENDS:
-                    self._checkpoint()
+                    if overlap:
+                        await loop.run_in_executor(executor, self._checkpoint)
+                    else:
+                        self._checkpoint()
 
-    def _commit(self, regions: list[Region], append: bool) -> None:
-        """Make one batch durable with one sync."""
+    def _commit(self, regions: list[Region], append: bool, new_size: int) -> None:
+        """Make one batch durable with one sync (on the executor thread when syncs are on)."""
         journal = self._journal
         assert journal is not None
-        old_size, new_size = self._disk_size, self._size
+        old_size = self._disk_size
         if append and journal.empty:
             try:
                 apply(self.disk, self._fd, old_size, new_size, regions)
@@ -792,6 +815,35 @@ class FileStore(Store):
             self._journal.reset()  # its records belong to the replaced file
             self._appends = 0
 
+    def _refuse(self, waiters: list[asyncio.Future[None]]) -> None:
+        """Changes taken while the batch before them stopped the store: fail them,
+        and put memory back to what the next start recovers (the file with its
+        journal replayed)."""
+        assert self.stopped is not None
+        self._clear_plans()
+        err = StoreStopped(self.stopped)
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        try:
+            data = read_all(self._fd)
+            if self._journal is not None:
+                verdict = replay(read_all(self._journal.fd), data, self._dev, self._ino)
+                if verdict.applies:
+                    data = replayed_image(data, verdict.records)
+            loaded = load_state_bytes(data, self.path)
+        except (OSError, StateError) as exc:
+            log.error("state file %s: cannot reread the file after the store stopped: %s", self.path, exc)
+            return
+        self._state = loaded.state
+
+    def _clear_plans(self) -> None:
+        self._writes = []
+        self._in_place = False
+        self._relayout_at = -1
+        self._grown.clear()
+        self._rewrite = False
+
     def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
         """A batch failed: fail it and every change made since, and put memory
         back to what the file holds."""
@@ -800,11 +852,7 @@ class FileStore(Store):
             self._stop(f"a failed batch could not be cleared from the journal: {exc.strerror or exc}")
         pending, self._waiters = self._waiters, []
         self._batch = None
-        self._writes = []
-        self._in_place = False
-        self._relayout_at = -1
-        self._grown.clear()
-        self._rewrite = False
+        self._clear_plans()
         err = StoreError(f"could not write the state file {self.path}: {exc.strerror or exc}")
         for fut in waiters + pending:
             if not fut.done():
