@@ -322,6 +322,9 @@ class FileStore(Store):
         self._batch: asyncio.Future[None] | None = None  # the future of the changes not yet cut
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._changes = 0  # changes taken since the last batch was cut
+        self._want = 0  # ... that the writer waits for before cutting the next one
+        self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
@@ -587,6 +590,9 @@ class FileStore(Store):
 
     def _waiter(self) -> asyncio.Future[None]:
         # One future per batch, shared by all its changes: one completion answers them all.
+        self._changes += 1
+        if self._gather is not None and self._changes >= self._want:
+            self._gather.set()
         fut = self._batch
         if fut is None:
             fut = self._batch = asyncio.get_running_loop().create_future()
@@ -669,6 +675,7 @@ class FileStore(Store):
         loop = asyncio.get_running_loop()
         executor = self._executor
         overlap = self.disk.sync and self.disk.overlap
+        want, hold = 0, 0.0  # changes the next batch waits for, and for how long at most
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -676,8 +683,19 @@ class FileStore(Store):
                 if self._closing:
                     return
                 continue
+            if overlap and self._changes < want and not self._closing:
+                # The clients of the batch just answered come back soon: let the batch
+                # that waits take them too (one sync for both), for at most one sync's time.
+                self._want = want
+                self._gather = asyncio.Event()
+                timer = loop.call_later(hold, self._gather.set)
+                await self._gather.wait()
+                timer.cancel()
+                self._gather = None
             waiters, self._waiters = self._waiters, []
             self._batch = None
+            taken, self._changes = self._changes, 0
+            started = loop.time()
             if self.stopped is not None:
                 # Stopped while the batch before this one was written: refuse these changes.
                 self._refuse(waiters)
@@ -703,6 +721,7 @@ class FileStore(Store):
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+            want, hold = taken + self._changes, min(loop.time() - started, 0.002)
             if self.stopped is None and self._journal is not None and not self._journal.empty:
                 if self._journal.full or self._appends >= _JOURNALED_APPENDS:
                     if overlap:
