@@ -51,6 +51,17 @@ class Disk:
     """Durable I/O by file descriptor.  ``sync=False`` (``--fsync never``) turns
     every sync into nothing and leaves flushing to the OS."""
 
+    #: The store may run this disk's I/O on its writer thread while the event loop
+    #: takes changes into the next batch (pipelined group commit).  A stand-in that
+    #: does not set it itself (a recorder, a fault injector) runs on the loop, so
+    #: that its operations interleave with the changes in one order, run after run.
+    overlap = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "overlap" not in cls.__dict__:
+            cls.overlap = False
+
     def __init__(self, sync: bool = True) -> None:
         self.sync = sync
         self._datasync, self._fsync = pick_syncs(full=sync)

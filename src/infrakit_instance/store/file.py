@@ -379,6 +379,9 @@ class FileStore(Store):
         self._batch: asyncio.Future[None] | None = None  # the future of the changes not yet cut
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._changes = 0  # changes taken since the last batch was cut
+        self._want = 0  # ... that the writer waits for before cutting the next one
+        self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
@@ -645,6 +648,9 @@ class FileStore(Store):
 
     def _waiter(self) -> asyncio.Future[None]:
         # One future per batch, shared by all its changes: one completion answers them all.
+        self._changes += 1
+        if self._gather is not None and self._changes >= self._want:
+            self._gather.set()
         fut = self._batch
         if fut is None:
             fut = self._batch = asyncio.get_running_loop().create_future()
@@ -750,8 +756,20 @@ class FileStore(Store):
     # -- the writer -----------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Cut batches and make them durable, one at a time, in order.
+
+        A batch is planned here, on the event loop; its durable I/O (journal
+        record, writes, sync, checkpoint, rewrite) runs on the store's one
+        executor thread, while the loop keeps taking changes into the next
+        batch (pipelined group commit).  A batch is answered once its I/O is
+        done; the next one's I/O starts only after that.  Without syncs there
+        is nothing to wait for: the writes are made inline (and so they are for a
+        :class:`~.disk.Disk` stand-in that does not ask for ``overlap``)."""
         assert self._wake is not None
         loop = asyncio.get_running_loop()
+        executor = self._executor
+        overlap = self.disk.sync and self.disk.overlap
+        want, hold = 0, 0.0  # changes the next batch waits for, and for how long at most
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -759,38 +777,61 @@ class FileStore(Store):
                 if self._closing:
                     return
                 continue
+            if overlap and self._changes < want and not self._closing:
+                # The clients of the batch just answered come back soon: let the batch
+                # that waits take them too (one sync for both), for at most one sync's time.
+                self._want = want
+                self._gather = asyncio.Event()
+                timer = loop.call_later(hold, self._gather.set)
+                await self._gather.wait()
+                timer.cancel()
+                self._gather = None
             waiters, self._waiters = self._waiters, []
             self._batch = None
+            taken, self._changes = self._changes, 0
+            started = loop.time()
+            if self.stopped is not None:
+                # Stopped while the batch before this one was written: refuse these changes.
+                self._refuse(waiters)
+                continue
             if self._relayout_at >= 0:
                 self._relayout()
             try:
                 if self._rewrite:
                     doc = self._plan_rewrite()
-                    await loop.run_in_executor(self._executor, self._replace_file, doc)
+                    await loop.run_in_executor(executor, self._replace_file, doc)
                 else:
                     self._seal()
                     writes, self._writes = self._writes, []
                     append, self._in_place = not self._in_place, False
-                    regions = _merge(writes, self._size)
+                    size = self._size
+                    regions = _merge(writes, size)
                     if append and self._append_from >= 0:
                         regions = self._sign(regions)
                     self._append_from = -1
-                    self._commit(regions, append)
+                    if overlap:
+                        await loop.run_in_executor(executor, self._commit, regions, append, size)
+                    else:
+                        self._commit(regions, append, size)
             except OSError as exc:
                 self._fail(waiters, exc)
                 continue
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+            want, hold = taken + self._changes, min(loop.time() - started, 0.002)
             if self.stopped is None and self._journal is not None and not self._journal.empty:
                 if self._journal.full or self._appends >= _JOURNALED_APPENDS:
-                    self._checkpoint()
+                    if overlap:
+                        await loop.run_in_executor(executor, self._checkpoint)
+                    else:
+                        self._checkpoint()
 
-    def _commit(self, regions: list[Region], append: bool) -> None:
-        """Make one batch durable with one sync."""
+    def _commit(self, regions: list[Region], append: bool, new_size: int) -> None:
+        """Make one batch durable with one sync (on the executor thread when syncs are on)."""
         journal = self._journal
         assert journal is not None
-        old_size, new_size = self._disk_size, self._size
+        old_size = self._disk_size
         if append and journal.empty:
             try:
                 apply(self.disk, self._fd, old_size, new_size, regions)
@@ -891,6 +932,38 @@ class FileStore(Store):
             self._journal.reset()  # its records belong to the replaced file
             self._appends = 0
 
+    def _refuse(self, waiters: list[asyncio.Future[None]]) -> None:
+        """Changes taken while the batch before them stopped the store: fail them,
+        and put memory back to what the next start recovers (the file with its
+        journal replayed)."""
+        assert self.stopped is not None
+        self._clear_plans()
+        err = StoreStopped(self.stopped)
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        try:
+            data = read_all(self._fd)
+            if self._journal is not None:
+                verdict = replay(read_all(self._journal.fd), data, self._dev, self._ino)
+                if verdict.applies:
+                    data = replayed_image(data, verdict.records)
+            loaded = load_state_bytes(data, self.path)
+        except (OSError, StateError) as exc:
+            log.error("state file %s: cannot reread the file after the store stopped: %s", self.path, exc)
+            return
+        self._state = loaded.state
+
+    def _clear_plans(self) -> None:
+        """Forget the writes planned for changes that fail: memory is reread from the file."""
+        self._writes = []
+        self._in_place = False
+        self._tip = self._append_from = -1
+        self._checked = True  # not known after a failure: at worst a needless NO_CHECK write later
+        self._relayout_at = -1
+        self._grown.clear()
+        self._rewrite = False
+
     def _fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
         """A batch failed: fail it and every change made since, and put memory
         back to what the file holds."""
@@ -899,13 +972,7 @@ class FileStore(Store):
             self._stop(f"a failed batch could not be cleared from the journal: {exc.strerror or exc}")
         pending, self._waiters = self._waiters, []
         self._batch = None
-        self._writes = []
-        self._in_place = False
-        self._tip = self._append_from = -1
-        self._checked = True
-        self._relayout_at = -1
-        self._grown.clear()
-        self._rewrite = False
+        self._clear_plans()
         err = StoreError(f"could not write the state file {self.path}: {exc.strerror or exc}")
         for fut in waiters + pending:
             if not fut.done():

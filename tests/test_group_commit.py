@@ -1,0 +1,195 @@
+"""Pipelined group commit: a batch's durable I/O runs on the store's writer thread
+while the event loop takes changes into the next batch; a batch is answered only
+once it is durable, and the next batch's I/O starts only after it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from infrakit_instance.store import FileStore, StoreError
+from infrakit_instance.store.disk import Disk
+from test_store import described, on_disk, provision, record, run
+
+
+def _which(fd: int) -> str:
+    return "journal" if os.readlink(f"/proc/self/fd/{fd}").endswith(".journal") else "data"
+
+
+class HeldDisk(Disk):
+    """The real disk seam, recording each operation with its thread; when ``hold`` names
+    an operation (``"sync data"``, ``"write journal"``, ``"write data"``) the next one of
+    that kind waits for ``release`` and then, if ``fail`` is set, raises EIO."""
+
+    overlap = True
+
+    def __init__(self) -> None:
+        super().__init__(sync=True)
+        self.ops: list[tuple[str, str]] = []
+        self.hold: str | None = None
+        self.fail = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def _gate(self, op: str) -> None:
+        self.ops.append((op, threading.current_thread().name))
+        if op == self.hold:
+            self.hold = None
+            self.held.set()
+            assert self.release.wait(10), "never released"
+            if self.fail:
+                raise OSError(errno.EIO, "Input/output error")
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        self._gate(f"write {_which(fd)}")
+        super().pwrite(fd, data, offset)
+
+    def datasync(self, fd: int) -> None:
+        self._gate(f"sync {_which(fd)}")
+        super().datasync(fd)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Let the loop run until ``predicate`` holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def test_the_loop_takes_the_next_batch_while_one_syncs(tmp_path: Path) -> None:
+    """While a batch's fdatasync is held, the loop keeps taking changes and answers
+    none of them; released, every change taken meanwhile is one more batch, one sync."""
+    path = str(tmp_path / "s.json")
+    disk = HeldDisk()
+
+    async def main() -> None:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        await provision(store, record(0))
+        disk.ops.clear()
+        disk.hold = "sync data"
+        first = provision(store, record(1))
+        await until(disk.held.is_set, "the first batch's sync")
+        # The loop is free: it takes fifteen more changes while the sync is held.
+        rest = [provision(store, record(i)) for i in range(2, 17)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not first.done() and not any(f.done() for f in rest)  # nothing answered before it is durable
+        assert disk.ops == [("write data", disk.ops[0][1]), ("sync data", disk.ops[0][1])]
+        assert disk.ops[0][1].startswith("infrakit-store")  # the I/O ran on the writer thread
+        disk.release.set()
+        await asyncio.gather(first, *rest)
+        syncs = [op for op, _ in disk.ops if op.startswith("sync")]
+        assert syncs == ["sync data", "sync data"]  # 16 provisions, 2 syncs
+        # The second batch's writes come after the first batch's sync: the order is kept.
+        assert [op for op, _ in disk.ops] == ["write data", "sync data", "write data", "sync data"]
+        assert [d["ID"] for d in on_disk(path)] == [f"id-{i}" for i in range(17)]
+        await store.close()
+        again = FileStore(path)
+        await again.open()
+        assert [d["ID"] for d in described(again)] == [f"id-{i}" for i in range(17)]
+        await again.close()
+
+    run(main)
+
+
+def test_a_failed_batch_fails_the_changes_taken_while_it_was_written(tmp_path: Path) -> None:
+    """The journal write of a destroy fails on the writer thread while a provision waits
+    for the next batch: both fail, memory is what the file holds, serving goes on."""
+    path = str(tmp_path / "s.json")
+    disk = HeldDisk()
+
+    async def main() -> None:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        for i in range(3):
+            await provision(store, record(i))
+        disk.hold, disk.fail = "write journal", True
+        gone = store.destroy("id-1")
+        await until(disk.held.is_set, "the destroy's journal write")
+        later = provision(store, record(9))
+        disk.release.set()
+        for fut in (gone, later):
+            try:
+                await fut
+            except StoreError as exc:
+                assert "could not write the state file" in str(exc)
+            else:
+                raise AssertionError("a change of a failed batch was answered")
+        assert store.stopped is None
+        ids = ["id-0", "id-1", "id-2"]
+        assert [d["ID"] for d in described(store)] == ids == [d["ID"] for d in on_disk(path)]
+        disk.fail = False
+        await store.destroy("id-1")
+        await provision(store, record(3))
+        assert [d["ID"] for d in described(store)] == ["id-0", "id-2", "id-3"]
+        await store.close()
+        assert [d["ID"] for d in on_disk(path)] == ["id-0", "id-2", "id-3"]
+
+    run(main)
+
+
+def test_changes_taken_while_a_batch_stopped_the_store_are_refused(tmp_path: Path) -> None:
+    """A journaled destroy is durable, then writing it into the state file fails: the
+    store stops.  A provision taken meanwhile is refused with the cause and never shows;
+    the destroy is answered and the next start has it."""
+    path = str(tmp_path / "s.json")
+    disk = HeldDisk()
+
+    async def main() -> None:
+        store = FileStore(path, disk=disk)
+        await store.open()
+        for i in range(3):
+            await provision(store, record(i))
+        disk.hold, disk.fail = "write data", True  # the destroy's write into the file, after its journal record
+        gone = store.destroy("id-1")
+        await until(disk.held.is_set, "the destroy's write into the file")
+        later = provision(store, record(9))
+        disk.release.set()
+        await gone  # durable in the journal: answered
+        try:
+            await later
+        except StoreError as exc:
+            assert "stopped taking changes" in str(exc)
+        else:
+            raise AssertionError("a change taken after the store stopped was answered")
+        assert store.stopped is not None
+        assert [d["ID"] for d in described(store)] == ["id-0", "id-2"]
+        disk.fail = False
+        await store.close()
+        again = FileStore(path)
+        await again.open()
+        assert [d["ID"] for d in described(again)] == ["id-0", "id-2"]
+        await again.close()
+
+    run(main)
+
+
+def test_without_syncs_the_writes_stay_on_the_loop(tmp_path: Path) -> None:
+    """``--fsync never``: nothing to wait for, so no thread hop."""
+    path = str(tmp_path / "s.json")
+    disk = HeldDisk()
+    disk.sync = False
+
+    async def main() -> None:
+        store = FileStore(path, fsync=False, disk=disk)
+        await store.open()
+        await asyncio.gather(*(provision(store, record(i)) for i in range(4)))
+        await store.destroy("id-2")
+        await store.close()
+
+    run(main)
+    assert disk.ops and {thread for _, thread in disk.ops} == {threading.main_thread().name}
+
+
+def test_a_stand_in_disk_runs_on_the_loop_unless_it_asks() -> None:
+    class Quiet(Disk):
+        pass
+
+    assert Disk.overlap and HeldDisk.overlap and not Quiet.overlap
