@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import threading
@@ -559,6 +560,31 @@ def test_sigterm_finishes_in_flight_requests_and_removes_the_socket(tmp_path: Pa
     assert code == 0
     assert not os.path.exists(p.socket)
     assert len(p.state_doc()["Instances"]) == 1
+
+
+def test_requests_sent_before_sigterm_but_not_yet_read_are_answered(tmp_path: Path) -> None:
+    """The plugin is stopped (SIGSTOP) while clients connect and send, so their connections
+    wait in the listening socket's backlog, and their requests unread, when SIGTERM
+    arrives: each is still accepted and answered, and its change kept."""
+    p = Plugin(tmp_path).start()
+    assert p.proc is not None
+    idle = p.client()  # accepted before: its request waits unread in its socket
+    idle.send(wire("new-Instance.Validate")[0])
+    assert idle.read_response()[0] == 200
+    request, _ = wire("new-Instance.Provision")
+    p.proc.send_signal(signal.SIGSTOP)
+    try:
+        clients = [idle] + [p.client() for _ in range(3)]  # the kernel completes these connects
+        for c in clients:
+            c.send(request)
+        p.proc.send_signal(signal.SIGTERM)
+    finally:
+        p.proc.send_signal(signal.SIGCONT)
+    for c in clients:
+        status, _, body = c.read_response()
+        assert status == 200 and json.loads(body)["result"]["ID"]
+    assert p.stop() == 0
+    assert len(p.state_doc()["Instances"]) == 4
 
 
 def test_tcp_listen_writes_and_removes_the_discovery_file(tmp_path: Path) -> None:
