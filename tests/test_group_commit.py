@@ -99,6 +99,23 @@ def test_the_loop_takes_the_next_batch_while_one_syncs(tmp_path: Path) -> None:
     run(main)
 
 
+async def destroy_failing_at(
+    path: str, disk: HeldDisk, hold: str
+) -> tuple[FileStore, asyncio.Future[None], asyncio.Future[None]]:
+    """A store of three instances whose destroy of id-1 fails at ``hold`` on the writer
+    thread, held there until a provision is taken for the next batch."""
+    store = FileStore(path, disk=disk)
+    await store.open()
+    for i in range(3):
+        await provision(store, record(i))
+    disk.hold, disk.fail = hold, True
+    gone = store.destroy("id-1")
+    await until(disk.held.is_set, f"the destroy's {hold}")
+    later = provision(store, record(9))
+    disk.release.set()
+    return store, gone, later
+
+
 def test_a_failed_batch_fails_the_changes_taken_while_it_was_written(tmp_path: Path) -> None:
     """The journal write of a destroy fails on the writer thread while a provision waits
     for the next batch: both fail, memory is what the file holds, serving goes on."""
@@ -106,15 +123,7 @@ def test_a_failed_batch_fails_the_changes_taken_while_it_was_written(tmp_path: P
     disk = HeldDisk()
 
     async def main() -> None:
-        store = FileStore(path, disk=disk)
-        await store.open()
-        for i in range(3):
-            await provision(store, record(i))
-        disk.hold, disk.fail = "write journal", True
-        gone = store.destroy("id-1")
-        await until(disk.held.is_set, "the destroy's journal write")
-        later = provision(store, record(9))
-        disk.release.set()
+        store, gone, later = await destroy_failing_at(path, disk, "write journal")
         for fut in (gone, later):
             try:
                 await fut
@@ -143,15 +152,8 @@ def test_changes_taken_while_a_batch_stopped_the_store_are_refused(tmp_path: Pat
     disk = HeldDisk()
 
     async def main() -> None:
-        store = FileStore(path, disk=disk)
-        await store.open()
-        for i in range(3):
-            await provision(store, record(i))
-        disk.hold, disk.fail = "write data", True  # the destroy's write into the file, after its journal record
-        gone = store.destroy("id-1")
-        await until(disk.held.is_set, "the destroy's write into the file")
-        later = provision(store, record(9))
-        disk.release.set()
+        # The destroy's write into the file, after its journal record.
+        store, gone, later = await destroy_failing_at(path, disk, "write data")
         await gone  # durable in the journal: answered
         try:
             await later
