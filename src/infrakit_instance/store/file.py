@@ -706,7 +706,9 @@ class FileStore(Store):
         parts = [b" " * pad, NO_CHECK, _TAIL]
         # How far the document and this batch's writes reach: a relayout that shrank it
         # leaves the old end (and elements appended before it moved them) as padding.
-        reach = max(self._end, max((off + len(data) for off, data in self._writes), default=0))
+        reach = self._end  # appends only ever end past it; in-place writes (a relayout) may not
+        if self._in_place:
+            reach = max(reach, max((off + len(data) for off, data in self._writes), default=0))
         if end < reach:
             parts.append(b" " * (reach - end))
         if end + PAD_KEEP > self._size:

@@ -210,6 +210,7 @@ class Journal:
             old = os.pread(data_fd, count * CHUNK, base) if base < old_size else b""
             old = old[: max(0, old_size - base)]
             new = bytearray(old)
+            start, stop = count * CHUNK, 0  # what the span's regions cover, from base
             for r in regions:
                 lo, hi = r.offset - base, r.offset + len(r.data) - base
                 if hi <= 0 or lo >= count * CHUNK:
@@ -217,12 +218,12 @@ class Journal:
                 if len(new) < hi:
                     new.extend(bytes(hi - len(new)))
                 new[lo:hi] = r.data
+                if r.data:
+                    start, stop = min(start, lo), max(stop, hi)
             del new[max(0, new_size - base) :]
-            inside = [r for r in regions if r.data and first * CHUNK <= r.offset < (first + count) * CHUNK]
-            lo = min(r.offset for r in inside)
-            hi = min(max(r.offset + len(r.data) for r in inside), new_size)
-            if hi > lo:
-                joined.append(Region(lo, bytes(new[lo - base : hi - base])))
+            stop = min(stop, new_size - base)
+            if stop > start:
+                joined.append(Region(base + start, bytes(new[start:stop])))
             before = _chunk_crcs(old, first, count, base)
             after = _chunk_crcs(new, first, count, base)
             chunks += [(first + i, before[i], after[i]) for i in range(count)]

@@ -34,13 +34,15 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from .._impl import codec
+
 __all__ = ["NO_CHECK", "SECTOR", "SIZE", "Tail", "encode", "find_last", "place", "strip", "torn_tail"]
 
 SECTOR = 512
 SIZE = 66
 _BITS = bytes.maketrans(b"01", b" \t")
 _UNBITS = bytes.maketrans(b" \t", b"01")
-_CLOSE = b"\n]}\n"
+_CLOSE = codec.TAIL
 _WS = b" \t"
 
 
