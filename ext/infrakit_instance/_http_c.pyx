@@ -116,17 +116,7 @@ cdef object _CONTINUE = CONTINUE
 
 
 cdef class Request:
-    """One complete request: only what the plugin needs of it."""
-
-    cdef public object method
-    cdef public object path
-    cdef public object content_type
-    cdef public object keep_alive
-    cdef public object body
-    # Only a TCP listener checks these (the unix socket's mode is its guard).
-    cdef public object host
-    cdef public object origin
-    cdef public object authorization
+    """One complete request: only what the plugin needs of it (fields: ``_http_c.pxd``)."""
 
     def __init__(self, method, path, content_type, keep_alive, body, host=None, origin=None, authorization=None):
         self.method = method
@@ -184,22 +174,7 @@ cdef inline Py_ssize_t _find(const unsigned char* p, Py_ssize_t n, unsigned char
 
 
 cdef class HttpParser:
-    """Incremental HTTP/1.x request parser with size limits."""
-
-    cdef public Py_ssize_t max_body
-    cdef public Py_ssize_t max_header
-    cdef bytearray _buf
-    cdef bytearray _body
-    cdef int _state
-    cdef Py_ssize_t _scan  # where the search for the end of the header block resumes
-    cdef Py_ssize_t _remaining
-    cdef object _method
-    cdef object _path
-    cdef object _ctype
-    cdef object _host
-    cdef object _origin
-    cdef object _auth
-    cdef bint _keep_alive
+    """Incremental HTTP/1.x request parser with size limits (fields: ``_http_c.pxd``)."""
 
     def __init__(self, Py_ssize_t max_body=16 * 1024 * 1024, Py_ssize_t max_header=64 * 1024):
         self.max_body = max_body
@@ -220,7 +195,7 @@ cdef class HttpParser:
     @property
     def idle(self):
         """True between requests with nothing buffered (safe to time out)."""
-        return self._state == _HEADERS and PyByteArray_GET_SIZE(self._buf) == 0
+        return self._idle()
 
     @property
     def buffered(self):
@@ -233,6 +208,12 @@ cdef class HttpParser:
         return _BODY <= self._state <= _TRAILERS
 
     def feed(self, data):
+        return self._feed(data)
+
+    cdef bint _idle(self) noexcept:
+        return self._state == _HEADERS and PyByteArray_GET_SIZE(self._buf) == 0
+
+    cdef list _feed(self, object data):
         cdef list out = []
         cdef Py_ssize_t used, n, rest
         if self._state == _DEAD:
@@ -642,5 +623,19 @@ def build_response(
         w = put(w, b"Connection: close\r\n", 19)
     w = put(w, PyBytes_AS_STRING(extra_headers), nx)
     w = put(w, b"\r\n", 2)
+    put(w, PyBytes_AS_STRING(body), nb)
+    return out
+
+
+cdef bytes json_ok(bytes body):
+    """``build_response(200, body)``: keep-alive, application/json."""
+    cdef Py_ssize_t nb = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t nl = int_len(nb)
+    # HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: L\r\n\r\nB
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 65 + nl + 4 + nb)
+    cdef char* w = PyBytes_AS_STRING(out)
+    w = put(w, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ", 65)
+    w = put_int(w, nb, nl)
+    w = put(w, b"\r\n\r\n", 4)
     put(w, PyBytes_AS_STRING(body), nb)
     return out

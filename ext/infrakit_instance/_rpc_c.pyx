@@ -12,7 +12,7 @@ import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from infrakit_instance._rpc_py import compact as _compact_py
 
@@ -34,6 +34,7 @@ __all__ = [
     "compact",
     "encode_result",
     "plain_text",
+    "quick",
     "scan",
     "split_call",
 ]
@@ -569,3 +570,260 @@ def encode_error(id_json, code, message):
     w = put(w, PyBytes_AS_STRING(id_json), ni)
     w[0] = 125
     return out
+
+
+# -- quick: the answer to a plain request of a method whose result is fixed --------------
+
+#: Deepest nesting quick() reads itself (the body is level 1); deeper bodies are declined.
+QUICK_DEPTH = 32
+cdef int _QUICK_DEPTH = QUICK_DEPTH
+
+cdef enum:
+    _T_ABSENT = 0  # params has no "Type"
+    _T_EMPTY = 1  # "Type" is null or ""
+    _T_OTHER = 2  # anything else, or "Type" twice
+
+
+cdef inline Py_ssize_t _q_ws(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept:
+    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _q_string(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept:
+    """The end of the plain string at ``p[i] == '"'`` (ASCII, no escape), or -1."""
+    cdef unsigned char c
+    i += 1
+    while i < n:
+        c = p[i]
+        if c == 34:
+            return i + 1
+        if c < 0x20 or c >= 0x80 or c == 92:
+            return -1
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t _q_digits(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept:
+    while i < n and 48 <= p[i] <= 57:
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _q_number(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint* integer) noexcept:
+    """The end of a JSON number orjson reads without loss of range, or -1: at most 19
+    integer digits, an exponent of at most two digits (so never infinity)."""
+    cdef Py_ssize_t start, s
+    integer[0] = True
+    if i < n and p[i] == 45:
+        i += 1
+    start = i
+    if i >= n:
+        return -1
+    if p[i] == 48:
+        i += 1
+    elif 49 <= p[i] <= 57:
+        i = _q_digits(p, n, i)
+    else:
+        return -1
+    if i - start > 19:
+        return -1
+    if i < n and p[i] == 46:
+        integer[0] = False
+        s = i + 1
+        i = _q_digits(p, n, s)
+        if i == s:
+            return -1
+    if i < n and (p[i] == 101 or p[i] == 69):
+        integer[0] = False
+        i += 1
+        if i < n and (p[i] == 43 or p[i] == 45):
+            i += 1
+        s = i
+        i = _q_digits(p, n, s)
+        if i == s or i - s > 2:
+            return -1
+    return i
+
+
+cdef inline Py_ssize_t _q_literal(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, const char* word, Py_ssize_t k) noexcept:
+    if n - i >= k and memcmp(p + i, word, <size_t>k) == 0:
+        return i + k
+    return -1
+
+
+cdef Py_ssize_t _q_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, int* type_state) noexcept:
+    """The end of the JSON value at ``p[i]`` (no whitespace before it), or -1.  With
+    ``type_state`` set, the value is the params object: its "Type" member is judged."""
+    cdef unsigned char c, close
+    cdef bint integer, obj, is_type
+    cdef Py_ssize_t ks, vs
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == 34:
+        return _q_string(p, n, i)
+    if c == 123 or c == 91:
+        if depth >= _QUICK_DEPTH:
+            return -1
+        obj = c == 123
+        close = 125 if obj else 93
+        i = _q_ws(p, n, i + 1)
+        if i < n and p[i] == close:
+            return i + 1
+        while True:
+            is_type = False
+            if obj:
+                if i >= n or p[i] != 34:
+                    return -1
+                ks = i
+                i = _q_string(p, n, i)
+                if i < 0:
+                    return -1
+                is_type = type_state != NULL and i - ks == 6 and memcmp(p + ks, b'"Type"', 6) == 0
+                i = _q_ws(p, n, i)
+                if i >= n or p[i] != 58:
+                    return -1
+                i = _q_ws(p, n, i + 1)
+            vs = i
+            i = _q_value(p, n, i, depth + 1, NULL)
+            if i < 0:
+                return -1
+            if is_type:
+                if type_state[0] == _T_ABSENT and (
+                    (i - vs == 4 and p[vs] == 110) or (i - vs == 2 and p[vs] == 34)
+                ):
+                    type_state[0] = _T_EMPTY
+                else:
+                    type_state[0] = _T_OTHER  # not empty, or "Type" twice
+            i = _q_ws(p, n, i)
+            if i >= n:
+                return -1
+            if p[i] == 44:
+                i = _q_ws(p, n, i + 1)
+            elif p[i] == close:
+                return i + 1
+            else:
+                return -1
+    if c == 116:
+        return _q_literal(p, n, i, b"true", 4)
+    if c == 102:
+        return _q_literal(p, n, i, b"false", 5)
+    if c == 110:
+        return _q_literal(p, n, i, b"null", 4)
+    if c == 45 or 48 <= c <= 57:
+        return _q_number(p, n, i, &integer)
+    return -1
+
+
+cdef inline bint _q_key(const unsigned char* p, Py_ssize_t ks, Py_ssize_t ke, const char* name, Py_ssize_t k) noexcept:
+    return ke - ks == k + 2 and memcmp(p + ks + 1, name, <size_t>k) == 0
+
+
+cdef object quick_answer(object body, object entries):
+    # quick(), for the compiled per-read path
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, i, ks, ke, vs, ids = -1, ide = -1, ms = -1, me = -1, k
+    cdef int seen = 0, type_state = _T_ABSENT
+    cdef bint integer
+    cdef tuple entry
+    cdef object name, result
+    if type(body) is not bytes:
+        return None
+    p = <const unsigned char*>PyBytes_AS_STRING(body)
+    n = PyBytes_GET_SIZE(body)
+    i = _q_ws(p, n, 0)
+    if i >= n or p[i] != 123:
+        return None
+    i = _q_ws(p, n, i + 1)
+    while True:
+        if i >= n or p[i] != 34:
+            return None
+        ks = i
+        ke = _q_string(p, n, i)
+        if ke < 0:
+            return None
+        i = _q_ws(p, n, ke)
+        if i >= n or p[i] != 58:
+            return None
+        vs = i = _q_ws(p, n, i + 1)
+        if _q_key(p, ks, ke, b"jsonrpc", 7):
+            if seen & 1 or _q_literal(p, n, i, b'"2.0"', 5) < 0:
+                return None
+            seen |= 1
+            i += 5
+        elif _q_key(p, ks, ke, b"method", 6):
+            if seen & 2 or i >= n or p[i] != 34:
+                return None
+            seen |= 2
+            i = _q_string(p, n, i)
+            if i < 0:
+                return None
+            ms, me = vs + 1, i - 1
+        elif _q_key(p, ks, ke, b"id", 2):
+            if seen & 4 or i >= n:
+                return None
+            seen |= 4
+            if p[i] == 34:
+                i = _q_string(p, n, i)
+            elif p[i] == 110:
+                i = _q_literal(p, n, i, b"null", 4)
+            else:
+                i = _q_number(p, n, i, &integer)
+                if i >= 0 and (not integer or (i - vs == 2 and p[vs] == 45 and p[vs + 1] == 48)):
+                    return None  # a float id, or -0: its text is not what orjson would write
+            if i < 0:
+                return None
+            ids, ide = vs, i
+        elif _q_key(p, ks, ke, b"params", 6):
+            if seen & 8 or i >= n:
+                return None
+            seen |= 8
+            if p[i] == 123:
+                i = _q_value(p, n, i, 1, &type_state)
+            else:
+                i = _q_literal(p, n, i, b"null", 4)
+            if i < 0:
+                return None
+        else:
+            i = _q_value(p, n, i, 1, NULL)
+            if i < 0:
+                return None
+        i = _q_ws(p, n, i)
+        if i >= n:
+            return None
+        if p[i] == 44:
+            i = _q_ws(p, n, i + 1)
+        elif p[i] == 125:
+            break
+        else:
+            return None
+    if _q_ws(p, n, i + 1) != n or seen & 7 != 7:
+        return None
+    k = me - ms
+    for entry in entries:
+        name = entry[0]
+        if type(name) is bytes and PyBytes_GET_SIZE(name) == k and memcmp(PyBytes_AS_STRING(name), p + ms, <size_t>k) == 0:
+            if entry[2] and type_state == _T_OTHER:
+                return None
+            result = entry[1]
+            if type(result) is not bytes:
+                return None
+            return wrap2(
+                b'{"jsonrpc":"2.0","result":', 26, result, b',"id":', 6,
+                PyBytes_FromStringAndSize(<const char*>p + ids, ide - ids),
+            )
+    return None
+
+
+def quick(body, entries):
+    """The response body to a plain request whose answer is fixed, or None: decide the usual way.
+
+    ``entries`` holds ``(method, result, empty_type)`` triples (method as bytes): a request
+    object of ``"jsonrpc":"2.0"``, one of those methods, an id, and params that are an object,
+    null or absent (with ``empty_type``, an object whose "Type" is absent, null or "") is
+    answered ``result``, exactly as the dispatcher would.  This twin reads the body itself and
+    declines what it does not read: escapes, non-ASCII bytes, nesting deeper than
+    :data:`QUICK_DEPTH`, integers of more than 19 digits, exponents of more than two, keys of
+    the envelope given twice.  None is never wrong; an answer is always the dispatcher's."""
+    return quick_answer(body, entries)

@@ -86,6 +86,19 @@ class Plugin:
             "Instance.DescribeInstances": self.describe,
         }
 
+    def quick_answers(self) -> tuple[tuple[bytes, bytes, bool], ...]:
+        """The methods whose answer is fixed, for ``rpc.quick``: ``(method, result, empty_type)``,
+        ``empty_type`` when only a request of no (or an empty) "Type" gets ``result``."""
+        answers = [
+            (b"Plugin.Implements", _APIS, False),
+            (b"Handshake.Implements", _APIS, False),
+            (b"Handshake.Types", _TYPES, False),
+            (b"Handshake.Hello", _HELLO, False),
+        ]
+        if self.provider.logical:
+            answers.append((b"Instance.Validate", _OK_EMPTY, True))
+        return tuple(answers)
+
     # -- handshakes -------------------------------------------------------------
 
     def implements(self, params: dict[str, Any]) -> bytes:

@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ._impl import conn as connection
 from ._impl import http
 from .logs import conn_id, dump
 from .plugin import Plugin
@@ -41,10 +42,9 @@ __all__ = ["Config", "Connection", "EdgeError", "Server", "SocketInUse", "check_
 
 log = logging.getLogger(__name__)
 
-_MAX_PENDING = 128  # pipelined requests in flight per connection before reading pauses
+_MAX_PENDING = connection.MAX_PENDING  # pipelined requests in flight per connection before reading pauses
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
-_REQUEST = http.Request  # what the parser yields for a whole request
 
 
 class SocketInUse(Exception):
@@ -127,27 +127,11 @@ def check_edge(config: Config) -> None:
             raise EdgeError(f"{listen} is not a loopback address: --allow-remote needs --auth-token-file")
 
 
-class Connection(asyncio.Protocol):
-    __slots__ = (
-        "_backlog",
-        "_body_bytes",
-        "_busy",
-        "_busy_since",
-        "_closing",
-        "_dead",
-        "_held",
-        "_last",
-        "_paused",
-        "_req_start",
-        "_slots",
-        "_waiting",
-        "_win_bytes",
-        "_win_start",
-        "cid",
-        "parser",
-        "server",
-        "transport",
-    )
+class Connection(connection.Core, asyncio.Protocol):
+    """One client connection: the state and per-read work of :class:`_conn_py.Core` (compiled,
+    or its pure twin), and everything else a connection does."""
+
+    __slots__ = ()
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -169,6 +153,7 @@ class Connection(asyncio.Protocol):
         self._win_start = -1.0  # the body-rate window
         self._win_bytes = 0
         self._held = 0  # request bytes this connection counts in server.buffered
+        self.quick = server.quick  # what is answered without the dispatcher (None: nothing)
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -209,49 +194,6 @@ class Connection(asyncio.Protocol):
             self._update_reading()
         finally:
             conn_id.reset(token)
-
-    def data_received(self, data: bytes) -> None:
-        if self._dead:
-            return
-        # The event loop runs a connection's callbacks in a context of the connection's own
-        # (uvloop and asyncio copy one per transport), so the id set here stays for the
-        # connection: no set and reset on every read.
-        if conn_id.get() is not self.cid:
-            conn_id.set(self.cid)
-        now = self._last = time.monotonic()
-        server = self.server
-        if server.debug:
-            log.debug("<- %s", dump(data))
-        parser = self.parser
-        if parser.idle:
-            if not self._backlog:
-                items = parser.feed(data)
-                if (
-                    items
-                    and parser.idle
-                    and not self._busy
-                    and not self._closing
-                    and len(self._slots) + len(items) <= _MAX_PENDING
-                ):
-                    # The common read: whole requests and nothing left over; nothing is
-                    # held (no bytes to count), nothing waits in the backlog.
-                    for item in items:
-                        if self._closing:
-                            break
-                        if type(item) is _REQUEST:
-                            self._request(item)
-                        else:
-                            self._handle(item)
-                    self._flush()
-                    if self._paused or len(self._slots) >= _MAX_PENDING or self._busy or self._backlog:
-                        self._update_reading()  # otherwise reading stays on, as it is
-                    return
-                self._req_start = now
-                self._fed(now, data, items, False)
-                return
-            self._req_start = now
-        in_body = parser.in_body
-        self._fed(now, data, parser.feed(data), in_body)
 
     def _fed(self, now: float, data: bytes, items: list[Any], in_body: bool) -> None:
         server = self.server
@@ -436,58 +378,6 @@ class Connection(asyncio.Protocol):
             return http.build_response(200, b"{}", keep_alive)
         return http.build_response(404, b"no such info document\n", keep_alive, _TEXT)
 
-    # -- output ----------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        slots = self._slots
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(slots) == 1:
-            slot = slots[0]
-            data = slot[0]
-            if type(data) is bytes and not slot[1]:
-                # The common turn: one answer ready, the connection stays open.
-                slots.clear()
-                transport.write(data)
-                if self._closing and not self._backlog:
-                    transport.close()
-                return
-        if slots and slots[0][0] is not None:
-            # Every answer ready now goes out in one write (uvloop: one writev; big
-            # Describe answers stay buffers of their own, not copied).
-            out: list[bytes] = []
-            while slots and slots[0][0] is not None:
-                data, close = slots.popleft()
-                if type(data) is list:
-                    out.extend(data)
-                else:
-                    out.append(data)
-                if close:
-                    transport.writelines(out)
-                    slots.clear()
-                    self._backlog.clear()
-                    transport.close()
-                    return
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)
-        if self._closing and not slots and not self._backlog:
-            transport.close()
-
-    def _update_reading(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        want_pause = self._busy or len(self._slots) >= _MAX_PENDING or bool(self._backlog)
-        if want_pause and not self._paused:
-            transport.pause_reading()
-            self._paused = True
-        elif not want_pause and self._paused:
-            transport.resume_reading()
-            self._paused = False
-
     # -- timeouts and shutdown -----------------------------------------------------------
 
     @property
@@ -556,11 +446,15 @@ class Server:
         self.election: Any = None  # with etcd and a provider: who runs the sync loop
         self.dispatcher = Dispatcher(self.plugin.methods, config.max_batch, config.max_batch_bytes)
         self.api_info = self.plugin.api_info()
+        # Requests whose answer is fixed, answered as they are read (not with debug logging
+        # of every body, nor behind the TCP edge's checks).
+        entries = self.plugin.quick_answers()
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        self.tcp = config.listen.startswith("tcp://")
+        self.quick = entries if entries and not self.debug and not self.tcp else None
         self.connections: set[Connection] = set()
         self.inflight = 0
         self.stopping = False
-        self.debug = log.isEnabledFor(logging.DEBUG)
-        self.tcp = config.listen.startswith("tcp://")
         self.bearer = None if config.auth_token is None else b"Bearer " + config.auth_token
         self.buffered = 0  # request bytes held by all connections
         self.open = 0  # accepted connections not yet closed

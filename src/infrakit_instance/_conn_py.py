@@ -1,0 +1,189 @@
+"""A connection's work per read (pure-Python twin of ``_conn_c``).
+
+:class:`Core` is the base of the server's ``Connection``: it holds the
+connection's state and does what every read does, from the bytes received to
+the answer bytes written.  The common read (whole requests, nothing left over,
+nothing waiting) is handled here; anything else is handed to the methods the
+server's class adds (``_fed``, ``_request``, ``_handle``).  A request whose
+answer is fixed (``quick``: a handshake, a Validate of the logical provider) is
+answered here, without the dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ._http_py import Request, build_response
+from ._rpc_py import quick
+from .logs import conn_id, dump
+
+__all__ = ["MAX_PENDING", "Core"]
+
+log = logging.getLogger("infrakit_instance.server")
+
+#: Pipelined requests in flight per connection before reading pauses.
+MAX_PENDING = 128
+
+_POST = b"POST"
+_JSON = b"application/json"
+
+
+class Core:
+    __slots__ = (
+        "_backlog",
+        "_body_bytes",
+        "_busy",
+        "_busy_since",
+        "_closing",
+        "_dead",
+        "_held",
+        "_last",
+        "_paused",
+        "_req_start",
+        "_slots",
+        "_waiting",
+        "_win_bytes",
+        "_win_start",
+        "cid",
+        "parser",
+        "quick",
+        "server",
+        "transport",
+    )
+
+    # Set by the server's class (declared here so the compiled twin can hold them in C).
+    _backlog: Any
+    _body_bytes: int
+    _busy: bool
+    _busy_since: float
+    _closing: bool
+    _dead: bool
+    _held: int
+    _last: float
+    _paused: bool
+    _req_start: float
+    _slots: Any
+    _waiting: Any
+    _win_bytes: int
+    _win_start: float
+    cid: str
+    parser: Any
+    quick: tuple[tuple[bytes, bytes, bool], ...] | None
+    server: Any
+    transport: Any
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        # The event loop runs a connection's callbacks in a context of the connection's own
+        # (uvloop and asyncio copy one per transport), so the id set here stays for the
+        # connection: no set and reset on every read.
+        if conn_id.get() is not self.cid:
+            conn_id.set(self.cid)
+        now = self._last = time.monotonic()
+        server = self.server
+        if server.debug:
+            log.debug("<- %s", dump(data))
+        parser = self.parser
+        if parser.idle:
+            if not self._backlog:
+                items = parser.feed(data)
+                if (
+                    items
+                    and parser.idle
+                    and not self._busy
+                    and not self._closing
+                    and len(self._slots) + len(items) <= MAX_PENDING
+                ):
+                    # The common read: whole requests and nothing left over; nothing is
+                    # held (no bytes to count), nothing waits in the backlog.
+                    quick_entries = self.quick
+                    for item in items:
+                        if self._closing:
+                            break
+                        if type(item) is Request:
+                            if quick_entries is not None and (answer := self._quick(item, quick_entries)) is not None:
+                                self._slots.append([answer, False])
+                            else:
+                                self._request(item)  # type: ignore[attr-defined]
+                        else:
+                            self._handle(item)  # type: ignore[attr-defined]
+                    self._flush()
+                    if self._paused or len(self._slots) >= MAX_PENDING or self._busy or self._backlog:
+                        self._update_reading()  # otherwise reading stays on, as it is
+                    return
+                self._req_start = now
+                self._fed(now, data, items, False)  # type: ignore[attr-defined]
+                return
+            self._req_start = now
+        in_body = parser.in_body
+        self._fed(now, data, parser.feed(data), in_body)  # type: ignore[attr-defined]
+
+    def _quick(self, req: Any, entries: tuple[tuple[bytes, bytes, bool], ...]) -> bytes | None:
+        """The whole response to a request whose answer is fixed, or None (the usual way)."""
+        if not req.keep_alive or self.server.stopping or req.method != _POST:
+            return None
+        path = req.path
+        if path.startswith(b"/info/") or path.startswith(b"http://") and b"/info/" in path:
+            return None
+        ctype = req.content_type
+        if ctype is not None and ctype != _JSON:
+            return None
+        body = quick(req.body, entries)
+        if body is None:
+            return None
+        return build_response(200, body, True)
+
+    # -- output ----------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        slots = self._slots
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if len(slots) == 1:
+            slot = slots[0]
+            data = slot[0]
+            if type(data) is bytes and not slot[1]:
+                # The common turn: one answer ready, the connection stays open.
+                slots.clear()
+                transport.write(data)
+                if self._closing and not self._backlog:
+                    transport.close()
+                return
+        if slots and slots[0][0] is not None:
+            # Every answer ready now goes out in one write (uvloop: one writev; big
+            # Describe answers stay buffers of their own, not copied).
+            out: list[bytes] = []
+            while slots and slots[0][0] is not None:
+                data, close = slots.popleft()
+                if type(data) is list:
+                    out.extend(data)
+                else:
+                    out.append(data)
+                if close:
+                    transport.writelines(out)
+                    slots.clear()
+                    self._backlog.clear()
+                    transport.close()
+                    return
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+        if self._closing and not slots and not self._backlog:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        want_pause = self._busy or len(self._slots) >= MAX_PENDING or bool(self._backlog)
+        if want_pause and not self._paused:
+            transport.pause_reading()
+            self._paused = True
+        elif not want_pause and self._paused:
+            transport.resume_reading()
+            self._paused = False
