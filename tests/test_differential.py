@@ -18,10 +18,13 @@ from hypothesis import strategies as st
 
 import impls
 from infrakit_instance import _codec_py, _http_py, _rpc_py
+from infrakit_instance._rpc_py import QUICK_DEPTH
+from infrakit_instance.plugin import Plugin
+from infrakit_instance.rpc import Dispatcher
 from test_http import CHUNKED, POST, WIRE_REQUESTS
 
 pytestmark = pytest.mark.compiled
-_http_c, _rpc_c, _codec_c = impls.compiled_modules()
+_http_c, _rpc_c, _codec_c, _conn_c = impls.compiled_modules()
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -611,3 +614,130 @@ def test_plain_text(text: bytes) -> None:
 def test_plain_text_cases(text: bytes, plain: bool) -> None:
     assert _rpc_c.plain_text(text) is plain
     assert _rpc_py.plain_text(text) is plain
+
+
+# -- quick: fixed answers read without the dispatcher ------------------------------------
+
+_PLUGIN = Plugin(None)  # type: ignore[arg-type]  # handshakes and Validate never reach the store
+_QUICK = _PLUGIN.quick_answers()
+_SLOW = Dispatcher(_PLUGIN.methods)
+_QUICK_METHODS = [m.decode() for m, _, _ in _QUICK]
+# What the compiled twin reads itself: ASCII without escapes, numbers in orjson's range.
+_PLAIN_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=8)
+_PLAIN_JSON = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**18), max_value=10**18),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e50, max_value=1e50).filter(
+            lambda x: x == 0 or abs(x) > 1e-90  # an exponent of at most two digits
+        ),
+        _PLAIN_TEXT,
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_PLAIN_TEXT, inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+def _slow(body: bytes) -> Any:
+    return _SLOW.handle(body)
+
+
+def _quick_outcomes(body: bytes) -> tuple[Any, Any, Any]:
+    """Each twin's quick answer, and the dispatcher's; each quick one is None or the dispatcher's."""
+    slow = _slow(body)
+    got_c, got_py = _rpc_c.quick(body, _QUICK), _rpc_py.quick(body, _QUICK)
+    assert got_c is None or got_c == slow, (body, got_c, slow)
+    assert got_py is None or got_py == slow, (body, got_py, slow)
+    return got_c, got_py, slow
+
+
+@st.composite
+def plain_requests(draw: st.DrawFn) -> bytes:
+    """A request quick() answers: a fixed-answer method, an id, params of no or an empty Type,
+    keys in any order, whitespace anywhere JSON allows it."""
+    method = draw(st.sampled_from(_QUICK_METHODS))
+    params: dict[str, Any] = draw(st.dictionaries(_PLAIN_TEXT.filter(lambda k: k != "Type"), _PLAIN_JSON, max_size=3))
+    if method == "Instance.Validate" or draw(st.booleans()):
+        kind = draw(st.sampled_from(["absent", "", None]))
+        if kind != "absent":
+            params["Type"] = kind
+    members = {
+        "jsonrpc": "2.0",
+        "method": method,
+        "id": draw(st.one_of(st.none(), st.integers(-(2**63), 10**19 - 1), _PLAIN_TEXT)),
+    }
+    if draw(st.booleans()):
+        members["params"] = draw(st.sampled_from([params, None])) if draw(st.booleans()) else params
+    if draw(st.booleans()):
+        members[draw(_PLAIN_TEXT.filter(lambda k: k not in members))] = draw(_PLAIN_JSON)
+    order = draw(st.permutations(list(members)))
+    space = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+    text = "{" + ",".join(
+        f"{draw(space)}{json.dumps(k)}{draw(space)}:{draw(space)}{json.dumps(members[k])}" for k in order
+    )
+    return (text + draw(space) + "}" + draw(space)).encode()
+
+
+@SETTINGS
+@given(plain_requests())
+def test_quick_answers_every_plain_request_as_the_dispatcher_does(body: bytes) -> None:
+    got_c, got_py, slow = _quick_outcomes(body)
+    assert got_c == got_py == slow, body
+
+
+@SETTINGS
+@given(st.one_of(envelopes(), st.lists(envelopes(), max_size=2), _JSON).map(_text))
+def test_quick_on_random_bodies_is_none_or_the_dispatchers_answer(body: bytes) -> None:
+    _quick_outcomes(body)
+
+
+@SETTINGS
+@given(plain_requests(), st.integers(0, 400), st.binary(min_size=1, max_size=3))
+def test_quick_on_damaged_requests_is_none_or_the_dispatchers_answer(body: bytes, at: int, junk: bytes) -> None:
+    at = at % (len(body) + 1)
+    for damaged in (body[:at], body[:at] + junk + body[at:], body[:at] + body[at + 1 :]):
+        _quick_outcomes(damaged)
+
+
+_V = b'{"jsonrpc":"2.0","method":"Instance.Validate","params":%s,"id":%s}'
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (_V % (b'{"Type":"x"}', b"1"), "a Type of another plugin: an error"),
+        (_V % (b'{"Type":5}', b"1"), "a Type that is no string: an error"),
+        (_V % (b'{"Type":"","Type":"x"}', b"1"), "Type twice"),
+        (_V % (b"[{}]", b"1"), "params as an array"),
+        (_V % (b'"x"', b"1"), "params of the wrong kind: an error"),
+        (_V % (b"{}", b"1.0"), "a float id"),
+        (_V % (b"{}", b"-0"), "an id of -0"),
+        (_V % (b"{}", b"12345678901234567890"), "an id of 20 digits"),
+        (_V % (b"{}", b"true"), "a bool id: an error"),
+        (_V % (b'{"a":"\\u0041"}', b"1"), "an escape"),
+        (_V % ('{"a":"é"}'.encode(), b"1"), "non-ASCII text"),
+        (_V % (b'{"a":' + b"[" * 40 + b"]" * 40 + b"}", b"1"), "deeper than QUICK_DEPTH"),
+        (_V % (b'{"a":1e400}', b"1"), "a number orjson refuses: a parse error"),
+        (_V % (b"{}", b"1") + b"x", "junk after the object: a parse error"),
+        (b'{"jsonrpc":"2.0","method":"Instance.Validate","params":{}}', "a notification"),
+        (b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{},"id":1}', "a method that changes state"),
+        (b'{"jsonrpc":"1.0","method":"Instance.Validate","params":{},"id":1}', "another version: an error"),
+        (b'[{"jsonrpc":"2.0","method":"Instance.Validate","params":{},"id":1}]', "a batch"),
+    ],
+)
+def test_quick_declines_what_the_dispatcher_must_answer(body: bytes, why: str) -> None:
+    got_c, got_py, slow = _quick_outcomes(body)
+    assert got_c is None, why
+    if why.endswith("an error"):
+        assert got_py is None, why
+        assert b'"error"' in slow, why
+
+
+def test_quick_reads_deep_bodies_up_to_its_depth_only() -> None:
+    inner = QUICK_DEPTH - 2  # the body is level 1, params level 2: arrays fill levels 3 to QUICK_DEPTH
+    fits = _V % (b'{"a":' + b"[" * inner + b"]" * inner + b"}", b"1")
+    too_deep = _V % (b'{"a":' + b"[" * (inner + 1) + b"]" * (inner + 1) + b"}", b"1")
+    assert _quick_outcomes(fits)[0] is not None
+    assert _quick_outcomes(too_deep)[0] is None
+    assert _quick_outcomes(too_deep)[1] is not None  # the pure twin answers it (orjson reads any depth)

@@ -353,8 +353,9 @@ def quick(body: bytes, entries: tuple[tuple[bytes, bytes, bool], ...]) -> bytes 
     null or absent (with ``empty_type``, an object whose "Type" is absent, null or "") is
     answered ``result``, exactly as the dispatcher would.  This twin parses with orjson and
     declines bodies with escapes or non-ASCII bytes, float and -0 ids, and integer ids of more
-    than 19 digits, as the compiled one does (which also declines some bodies this one answers:
-    deep nesting, long numbers).  None is never wrong; an answer is always the dispatcher's."""
+    than 19 digits, as the compiled one does, and ids below -2**63 too (orjson reads them as
+    floats).  The compiled twin declines some bodies this one answers (deep nesting, long
+    numbers).  None is never wrong; an answer is always the dispatcher's."""
     if type(body) is not bytes or not body.isascii() or b"\\" in body:
         return None
     try:
