@@ -716,6 +716,23 @@ cdef Py_ssize_t _q_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int
     return -1
 
 
+cdef object _q_entry(object entries, const unsigned char* name, Py_ssize_t k):
+    """The ``(method, result, empty_type)`` of ``entries`` for the method ``name[:k]``, or None."""
+    cdef object entry, method
+    for entry in entries:
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            continue
+        method = (<tuple>entry)[0]
+        if (
+            type(method) is bytes
+            and type((<tuple>entry)[1]) is bytes
+            and PyBytes_GET_SIZE(method) == k
+            and memcmp(PyBytes_AS_STRING(method), name, <size_t>k) == 0
+        ):
+            return entry
+    return None
+
+
 cdef inline bint _q_key(const unsigned char* p, Py_ssize_t ks, Py_ssize_t ke, const char* name, Py_ssize_t k) noexcept:
     return ke - ks == k + 2 and memcmp(p + ks + 1, name, <size_t>k) == 0
 
@@ -723,11 +740,11 @@ cdef inline bint _q_key(const unsigned char* p, Py_ssize_t ks, Py_ssize_t ke, co
 cdef object quick_answer(object body, object entries):
     # quick(), for the compiled per-read path
     cdef const unsigned char* p
-    cdef Py_ssize_t n, i, ks, ke, vs, ids = -1, ide = -1, ms = -1, me = -1, k
+    cdef Py_ssize_t n, i, ks, ke, vs, ids = -1, ide = -1
     cdef int seen = 0, type_state = _T_ABSENT
     cdef bint integer
     cdef tuple entry
-    cdef object name, result
+    cdef object found = None
     if type(body) is not bytes:
         return None
     p = <const unsigned char*>PyBytes_AS_STRING(body)
@@ -759,7 +776,9 @@ cdef object quick_answer(object body, object entries):
             i = _q_string(p, n, i)
             if i < 0:
                 return None
-            ms, me = vs + 1, i - 1
+            found = _q_entry(entries, p + vs + 1, i - vs - 2)
+            if found is None:
+                return None  # not a fixed answer: decided before the rest is read
         elif _q_key(p, ks, ke, b"id", 2):
             if seen & 4 or i >= n:
                 return None
@@ -800,20 +819,13 @@ cdef object quick_answer(object body, object entries):
             return None
     if _q_ws(p, n, i + 1) != n or seen & 7 != 7:
         return None
-    k = me - ms
-    for entry in entries:
-        name = entry[0]
-        if type(name) is bytes and PyBytes_GET_SIZE(name) == k and memcmp(PyBytes_AS_STRING(name), p + ms, <size_t>k) == 0:
-            if entry[2] and type_state == _T_OTHER:
-                return None
-            result = entry[1]
-            if type(result) is not bytes:
-                return None
-            return wrap2(
-                b'{"jsonrpc":"2.0","result":', 26, result, b',"id":', 6,
-                PyBytes_FromStringAndSize(<const char*>p + ids, ide - ids),
-            )
-    return None
+    entry = <tuple>found
+    if entry[2] and type_state == _T_OTHER:
+        return None
+    return wrap2(
+        b'{"jsonrpc":"2.0","result":', 26, <bytes>entry[1], b',"id":', 6,
+        PyBytes_FromStringAndSize(<const char*>p + ids, ide - ids),
+    )
 
 
 def quick(body, entries):
