@@ -276,6 +276,9 @@ _ID_TAIL = 96  # an answer's id is within its last bytes (ours compact; the C pl
 _KEEP = 256  # bytes of a streamed answer's head and tail that are kept for _classify
 # A _Conn's transport until connection_made; a bare Transport whose methods all raise.
 _NO_TRANSPORT = asyncio.Transport()
+# Answer heads seen, each with what it parses to: (status, Content-Length, server closes after it).
+_HEADS: dict[bytes, tuple[int, int, bool]] = {}
+_HEADS_MAX = 256
 _T = TypeVar("_T")
 
 
@@ -594,6 +597,14 @@ class _Conn(asyncio.Protocol):
 
     def _parse_head(self) -> bool:
         buf = self.buf
+        crlf = buf.find(b"\r\n\r\n")
+        if crlf >= 0:
+            # Most answers of a run share a few heads: known ones are not parsed again.
+            known = _HEADS.get(bytes(buf[: crlf + 4]))
+            if known is not None:
+                self.status, self.need, self.close_after = known
+                self.head_end = crlf + 4
+                return True
         # Lines may end in a bare LF: the C plugin's Date header ends "...2026\n\r\n".
         i = buf.find(b"\n\r\n")
         j = buf.find(b"\n\n")
@@ -639,6 +650,11 @@ class _Conn(asyncio.Protocol):
         self.close_after = (
             conn_hdr == b"close" or (version == b"HTTP/1.0" and conn_hdr != b"keep-alive") or length == -2
         )
+        if end == crlf + 4 and length >= 0:
+            # The same bytes always parse the same: remember this head (a few hundred at most).
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[bytes(buf[:end])] = (code, length, self.close_after)
         return True
 
     def _parse_chunks(self) -> bytes | None:
