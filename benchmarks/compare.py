@@ -2,7 +2,8 @@
 """compare: run the same ikload workload against several InfraKit instance plugins, side by side.
 
 Each ``--target NAME=COMMAND`` is a shell command starting a plugin; ``{socket}``, ``{state}`` and
-``{home}`` in it become fresh temp paths per run. ``--target NAME=unix:///path`` (or tcp://) is a server
+``{home}`` in it become fresh temp paths per run (the command runs in a fresh directory: ``{cwd}`` is the
+one compare.py was started in). ``--target NAME=unix:///path`` (or tcp://) is a server
 that is already running. The tool starts a target, waits until it answers a handshake, runs the
 workload, stops it (SIGINT, then SIGTERM, then SIGKILL), and goes on to the next; rounds alternate.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -158,7 +160,12 @@ class Running:
         self.tmp = tmp = Path(tempfile.mkdtemp(prefix=f"cmp-{self.spec.name[:12]}-", dir="/tmp"))
         home = tmp / "home"
         home.mkdir()
-        places = {"socket": str(tmp / "plugin.sock"), "state": str(tmp / "state.json"), "home": str(home)}
+        places = {
+            "socket": str(tmp / "plugin.sock"),
+            "state": str(tmp / "state.json"),
+            "home": str(home),
+            "cwd": shlex.quote(os.getcwd()),  # the command runs in tmp: this names the caller's files
+        }
         command = template.format(**places)
         if self.spec.socket_template:
             sock: Path | None = Path(self.spec.socket_template.format(**places))
@@ -800,7 +807,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="NAME=COMMAND|unix:///PATH",
-        help="a shell command ({socket}, {state}, {home} are filled in) or a running server",
+        help="a shell command ({socket}, {state}, {home} are filled in; {cwd} is where compare.py started, "
+        "the command runs in a fresh directory) or a running server",
     )
     p.add_argument(
         "--socket-for",

@@ -184,7 +184,8 @@ def test_without_matplotlib_the_tools_measure_and_say_how_to_plot(tmp_path: Path
 # The ceiling server and pipelined load
 
 needs_cc = pytest.mark.skipif(ceiling.compiler() is None, reason="no C compiler to build benchmarks/ceiling.c")
-CEILING = f"{sys.executable} {os.path.join(HERE, 'ceiling.py')} --listen unix://{{socket}}"
+# As README gives it: relative to where compare.py runs (the command itself runs in a fresh directory).
+CEILING = f"{sys.executable} {{cwd}}/{os.path.relpath(os.path.join(HERE, 'ceiling.py'))} --listen unix://{{socket}}"
 
 
 def _request(rpc_id: bytes, params: bytes = b'{"Type":"","Properties":{"id":7}}') -> bytes:
