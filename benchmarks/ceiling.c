@@ -72,9 +72,12 @@ static void drop(int ep, struct conn *c) {
 /* The id's text after the last `"id":` of the body: a number, null, or a string (escapes kept). */
 static size_t find_id(const char *body, size_t n, const char **id) {
     const char *p = NULL;
-    for (size_t i = n; i >= 5; i--) {
-        if (memcmp(body + i - 5, "\"id\":", 5) == 0) {
-            p = body + i;
+    for (size_t left = n; left >= 5;) {
+        const char *colon = memrchr(body, ':', left);
+        if (!colon) return 0;
+        left = (size_t)(colon - body);
+        if (left >= 4 && memcmp(colon - 4, "\"id\"", 4) == 0) {
+            p = colon + 1;
             break;
         }
     }
@@ -102,7 +105,8 @@ static long content_length(const char *h, size_t head_len) {
     const char *line = memchr(h, '\n', head_len);
     while (line && ++line < end) {
         size_t left = (size_t)(end - line);
-        if (left > 15 && strncasecmp(line, "content-length:", 15) == 0) {
+        char first = (char)(*line | 0x20);
+        if (first == 'c' && left > 15 && strncasecmp(line, "content-length:", 15) == 0) {
             const char *v = line + 15;
             while (v < end && (*v == ' ' || *v == '\t')) v++;
             if (v >= end || *v < '0' || *v > '9') return -2;
@@ -111,7 +115,7 @@ static long content_length(const char *h, size_t head_len) {
                 len = len * 10 + (*v - '0');
                 if (len > MAX_BODY) return -2;
             }
-        } else if (left > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) {
+        } else if (first == 't' && left > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) {
             return -2;
         }
         line = memchr(line, '\n', (size_t)(end - line));
@@ -121,20 +125,35 @@ static long content_length(const char *h, size_t head_len) {
 
 static int answer(struct conn *c, const char *id, size_t id_len) {
     static const char pre[] = "{\"jsonrpc\":\"2.0\",\"result\":{\"Type\":\"\",\"OK\":true},\"id\":";
-    char head[128];
-    size_t body_len = sizeof pre - 1 + id_len + 1;
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", body_len);
-    if (grow(&c->out, &c->out_cap, c->out_len + (size_t)hl + body_len)) return -1;
+    static const char status[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ";
+    char head[128], digits[24];
+    size_t body_len = sizeof pre - 1 + id_len + 1, nd = 0;
+    for (size_t v = body_len; v || !nd; v /= 10) digits[sizeof digits - 1 - nd++] = (char)('0' + v % 10);
+    memcpy(head, status, sizeof status - 1);
+    memcpy(head + sizeof status - 1, digits + sizeof digits - nd, nd);
+    memcpy(head + sizeof status - 1 + nd, "\r\n\r\n", 4);
+    size_t hl = sizeof status - 1 + nd + 4;
+    if (grow(&c->out, &c->out_cap, c->out_len + hl + body_len)) return -1;
     char *o = c->out + c->out_len;
-    memcpy(o, head, (size_t)hl);
+    memcpy(o, head, hl);
     o += hl;
     memcpy(o, pre, sizeof pre - 1);
     o += sizeof pre - 1;
     memcpy(o, id, id_len);
     o[id_len] = '}';
-    c->out_len += (size_t)hl + body_len;
+    c->out_len += hl + body_len;
     return 0;
+}
+
+/* The "\r\n\r\n" ending a head, searched in [from, n): the start of it, or NULL. */
+static char *head_end(char *buf, size_t from, size_t n) {
+    while (from + 4 <= n) {
+        char *lf = memchr(buf + from + 3, '\n', n - from - 3);
+        if (!lf) return NULL;
+        if (lf[-1] == '\r' && lf[-2] == '\n' && lf[-3] == '\r') return lf - 3;
+        from = (size_t)(lf - buf) - 2;
+    }
+    return NULL;
 }
 
 /* Answer every complete request in c->in; -1 when the connection must close. */
@@ -145,7 +164,7 @@ static int parse(struct conn *c) {
         size_t avail = c->in_len - pos;
         if (!c->head) {
             size_t from = c->scan > 3 ? c->scan - 3 : 0;
-            char *hend = from < avail ? memmem(buf + from, avail - from, "\r\n\r\n", 4) : NULL;
+            char *hend = head_end(buf, from, avail);
             if (!hend) {
                 c->scan = avail;
                 if (avail > MAX_HEAD) return -1;
