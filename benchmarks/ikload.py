@@ -871,10 +871,11 @@ class _Driver:
             if close_after:
                 self.s.keepalive = False
                 self.pipeline = 1
-            if conn.q:
-                # Pipelined requests behind an answer that closes: the server never read them.
-                self._resend(conn)
-            self._drop(conn)
+                if conn.q:
+                    # Pipelined requests behind an answer that closes: the server never read them.
+                    self._resend(conn)
+            if not conn.q:  # else its pipelined answers still come; it is dropped after the last
+                self._drop(conn)
             self._settle(None)
         else:
             self._settle(conn)

@@ -425,3 +425,13 @@ def test_sweep_with_pipeline_depths_against_the_ceiling(tmp_path: Path) -> None:
     assert "| validate | 2 |" in md and "| validate ×8 pipelined | 2 |" in md and "ours CPU vs ceiling" in md
     with pytest.raises(SystemExit, match="need a --concurrency sweep"):
         compare.main(["--target", f"ours={PLUGIN}", "--pipeline", "1,8"])
+
+
+def test_ikload_does_not_pipeline_a_server_that_closes_after_each_answer(
+    canned: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    sock, _ = canned
+    r = ikload.run_load(sock + ".close", mix="validate", connections=4, pipeline=8, requests=300)
+    assert r["requests"] == r["ok"] == 300 and r["error_total"] == 0
+    assert not r["keepalive"] and r["pipeline"] == 1 and r["pipeline_requested"] == 8
+    assert "--pipeline 8 not used: the server closes after each answer" in ikload._fmt_report(r)
