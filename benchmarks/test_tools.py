@@ -435,3 +435,24 @@ def test_ikload_does_not_pipeline_a_server_that_closes_after_each_answer(
     assert r["requests"] == r["ok"] == 300 and r["error_total"] == 0
     assert not r["keepalive"] and r["pipeline"] == 1 and r["pipeline_requested"] == 8
     assert "--pipeline 8 not used: the server closes after each answer" in ikload._fmt_report(r)
+
+
+@needs_cc
+def test_ceiling_over_tcp() -> None:
+    with socket.socket() as probe_port:  # a port free a moment ago
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "ceiling.py"), "--listen", f"tcp://127.0.0.1:{port}"])
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, "the ceiling server exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait(up, "the ceiling server on TCP", 60)
+        r = ikload.run_load(f"tcp://127.0.0.1:{port}", mix="validate", connections=2, pipeline=8, requests=800)
+        assert r["ok"] == 800 and r["error_total"] == 0 and r["pipeline"] == 8
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
