@@ -2,7 +2,8 @@
 """compare: run the same ikload workload against several InfraKit instance plugins, side by side.
 
 Each ``--target NAME=COMMAND`` is a shell command starting a plugin; ``{socket}``, ``{state}`` and
-``{home}`` in it become fresh temp paths per run. ``--target NAME=unix:///path`` (or tcp://) is a server
+``{home}`` in it become fresh temp paths per run (the command runs in a fresh directory: ``{cwd}`` is the
+one compare.py was started in). ``--target NAME=unix:///path`` (or tcp://) is a server
 that is already running. The tool starts a target, waits until it answers a handshake, runs the
 workload, stops it (SIGINT, then SIGTERM, then SIGKILL), and goes on to the next; rounds alternate.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -158,7 +160,12 @@ class Running:
         self.tmp = tmp = Path(tempfile.mkdtemp(prefix=f"cmp-{self.spec.name[:12]}-", dir="/tmp"))
         home = tmp / "home"
         home.mkdir()
-        places = {"socket": str(tmp / "plugin.sock"), "state": str(tmp / "state.json"), "home": str(home)}
+        places = {
+            "socket": str(tmp / "plugin.sock"),
+            "state": str(tmp / "state.json"),
+            "home": str(home),
+            "cwd": shlex.quote(os.getcwd()),  # the command runs in tmp: this names the caller's files
+        }
         command = template.format(**places)
         if self.spec.socket_template:
             sock: Path | None = Path(self.spec.socket_template.format(**places))
@@ -356,6 +363,8 @@ def compare_markdown(result: dict[str, Any], baseline: str) -> str:
 
 def _describe_load(load: dict[str, Any]) -> str:
     parts = [f"mix {load['mix']}", f"{load['connections']} connections"]
+    if load.get("pipeline", 1) > 1:
+        parts[-1] += f" x {load['pipeline']} pipelined"
     if load.get("prefill"):
         parts.append(f"prefill {load['prefill']}")
     if load.get("duration"):
@@ -636,24 +645,27 @@ def sweep(
     group_size: int,
     start_timeout: float,
     keep_logs: Path | None,
+    pipelines: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Each method at each number of connections, targets alternating: a fresh start of each target
-    per point (so a provision run never sees what the run before it added), a prefill of ``prefill``
-    instances before methods that read the state, ``warmup`` seconds untimed, ``duration`` timed."""
+    """Each method at each number of connections (and each pipeline depth: requests in flight per
+    connection), targets alternating: a fresh start of each target per point (so a provision run never
+    sees what the run before it added), a prefill of ``prefill`` instances before methods that read the
+    state, ``warmup`` seconds untimed, ``duration`` timed."""
+    pipelines = pipelines or [1]
     points: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     k = 0
-    for method in methods:
+    for method, pipe in ((m, d) for m in methods for d in pipelines):
         for n in levels:
             for r in range(rounds):
                 order = _rounds_order(specs, k)
                 k += 1
                 for spec in order:
-                    base = {"target": spec.name, "method": method, "connections": n, "round": r + 1}
+                    base = {"target": spec.name, "method": method, "pipeline": pipe, "connections": n, "round": r + 1}
                     if spec.name in failures:
                         points.append({**base, "status": "failed", "note": failures[spec.name]})
                         continue
-                    _log(f"[{method}, {n} connections, round {r + 1}/{rounds}] {spec.name}")
+                    _log(f"[{plots.series_name(method, pipe)}, {n} connections, round {r + 1}/{rounds}] {spec.name}")
                     try:
                         with Running(spec, start_timeout, keep_logs) as srv:
                             res = ikload.run_load(
@@ -665,6 +677,7 @@ def sweep(
                                 prefill=prefill if method in _NEEDS_STATE else 0,
                                 group_size=group_size,
                                 pid=srv.pid,
+                                pipeline=pipe,
                             )
                     except StartError as e:
                         failures[spec.name] = str(e)
@@ -689,6 +702,7 @@ def sweep(
                         "server_cores": cpu.get("cores"),
                         "client_cpu": res["client_cpu"],
                         "keepalive": res["keepalive"],
+                        "pipelined": res["pipeline"],  # what ran: 1 for a server closing after each answer
                         "prefilled": (res.get("prefill") or {}).get("reached", 0),
                         "exit_code": srv.exit_code,
                     }
@@ -701,6 +715,7 @@ def sweep(
         "mode": "sweep",
         "targets": [s.name for s in specs],
         "methods": methods,
+        "pipelines": pipelines,
         "levels": levels,
         "rounds": rounds,
         "duration": duration,
@@ -730,7 +745,7 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
         "|---|---|" + "---|---|" * len(names) + "---|---|" * len(others),
     ]
     bound = False
-    for method in result["methods"]:
+    for method in plots.series_of(result):
         for level in result["levels"]:
             row = [method, str(level)]
             for n in names:
@@ -742,6 +757,8 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
                 if p["client_cpu"] > CLIENT_BOUND:
                     mark, bound = " †", True
                 errs = sum(p["errors"].values())
+                if p.get("pipelined", 1) < p.get("pipeline", 1):
+                    mark += " (not pipelined: closes after each answer)"
                 row += [f"{p['ok_rps']:,.1f}{mark}" + (f" ({errs} err)" if errs else ""), _us(p["cpu_us"])]
             b = merged.get((baseline, method, level))
             for n in others:
@@ -790,7 +807,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="NAME=COMMAND|unix:///PATH",
-        help="a shell command ({socket}, {state}, {home} are filled in) or a running server",
+        help="a shell command ({socket}, {state}, {home} are filled in; {cwd} is where compare.py started, "
+        "the command runs in a fresh directory) or a running server",
     )
     p.add_argument(
         "--socket-for",
@@ -811,6 +829,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="repeats, targets alternating (3; scaling 1)")
     p.add_argument("-c", "--connections", type=int, default=16)
     p.add_argument("--mix", default="provision=1", help="ikload mix for the side-by-side run")
+    p.add_argument(
+        "--pipeline",
+        default="1",
+        metavar="N[,N...]",
+        help="requests in flight per connection (1, as Go's client); a sweep takes several, e.g. 1,8, "
+        "and runs every method at each",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per side-by-side run (5)")
     p.add_argument("--requests", type=int, help="requests per side-by-side run instead of --duration")
     p.add_argument("--prefill", type=int, default=0, help="instances to provision before each run")
@@ -861,6 +886,16 @@ def main(argv: list[str] | None = None) -> int:
         out_plot = Path(tempfile.mkdtemp(prefix="compare-", dir="/tmp")) / "plot.png"
     if args.scaling and args.concurrency:
         raise SystemExit("compare: --scaling and --concurrency are separate runs")
+    try:
+        pipelines = list(dict.fromkeys(int(x) for x in args.pipeline.split(",") if x.strip()))
+    except ValueError:
+        raise SystemExit(f"compare: --pipeline wants numbers, got {args.pipeline!r}") from None
+    if not pipelines or min(pipelines) < 1:
+        raise SystemExit("compare: --pipeline wants numbers of at least 1")
+    if len(pipelines) > 1 and not args.concurrency:
+        raise SystemExit("compare: several --pipeline depths need a --concurrency sweep")
+    if args.scaling and pipelines != [1]:
+        raise SystemExit("compare: --scaling runs unpipelined, as InfraKit's client does")
     if args.concurrency:
         try:
             levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
@@ -882,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             group_size=args.group_size,
             start_timeout=args.start_timeout,
             keep_logs=args.keep_logs,
+            pipelines=pipelines,
         )
         md = sweep_markdown(result, baseline)
         _draw("sweep", result, out_plot, labels)
@@ -911,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
             "prefill": args.prefill,
             "warmup": args.warmup,
             "group_size": args.group_size,
+            "pipeline": pipelines[0],
         }
         if args.requests:
             load["duration"] = None

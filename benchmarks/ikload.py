@@ -3,8 +3,10 @@
 
 Speaks JSON-RPC 2.0 over HTTP/1.1 on a unix socket (``/path``, ``unix:///path``) or TCP
 (``tcp://host:port``), with the Go client's exact request headers. N connections each send one request
-at a time (no pipelining, like Go's transport). Servers that close after every answer (the C plugin)
-are detected by a handshake probe and driven with one connection per request instead.
+at a time (no pipelining, like Go's transport), or with ``--pipeline K`` keep K requests in flight (K
+sent in one write, then one more per answer, answers matched in order). Servers that close after
+every answer (the C plugin) are detected by a handshake probe and driven with one connection per
+request instead (never pipelined).
 
 Command line: ``python benchmarks/ikload.py --help``. Library: :func:`run_load`, :func:`probe`,
 :class:`Session`.
@@ -270,9 +272,13 @@ def _classify(body: bytes) -> int | None:
 
 _BAD = 1 << 40  # sentinel code: not a JSON-RPC response at all
 _STREAM_OVER = 64 * 1024  # answers at least this big are streamed, not buffered
+_ID_TAIL = 96  # an answer's id is within its last bytes (ours compact; the C plugin's spaced, before "error")
 _KEEP = 256  # bytes of a streamed answer's head and tail that are kept for _classify
 # A _Conn's transport until connection_made; a bare Transport whose methods all raise.
 _NO_TRANSPORT = asyncio.Transport()
+# Answer heads seen, each with what it parses to: (status, Content-Length, server closes after it).
+_HEADS: dict[bytes, tuple[int, int, bool]] = {}
+_HEADS_MAX = 256
 _T = TypeVar("_T")
 
 
@@ -454,15 +460,16 @@ def peer_pid(sock: Any) -> int | None:
 
 
 class _Conn(asyncio.Protocol):
+    """One connection; its requests in flight are answered in the order they were sent."""
+
     __slots__ = (
         "drv",
         "transport",
         "buf",
-        "kind",
-        "data",
-        "t0",
+        "q",
+        "out",
+        "corked",
         "served",
-        "in_flight",
         "closed",
         "status",
         "head_end",
@@ -480,11 +487,12 @@ class _Conn(asyncio.Protocol):
         self.drv = drv
         self.transport: asyncio.Transport = _NO_TRANSPORT
         self.buf = bytearray()
-        self.kind = ""
-        self.data = b""  # the request in flight, kept (not copied) in case it must be resent
-        self.t0 = 0.0
+        # The requests in flight, oldest first: (kind, the bytes sent, kept in case they must be
+        # resent, and when they were sent).
+        self.q: collections.deque[tuple[str, bytes, float]] = collections.deque()
+        self.out: list[bytes] = []  # requests issued while answers are being read: one write after
+        self.corked = False
         self.served = 0
-        self.in_flight = False
         self.closed = False
         self._reset()
 
@@ -503,15 +511,38 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    @property
+    def in_flight(self) -> bool:
+        return bool(self.q)
+
     def send(self, kind: str, data: bytes) -> None:
-        self.kind = kind
-        self.data = data
-        self.in_flight = True
-        self.t0 = time.perf_counter()
-        self.transport.write(data)  # one write: the C plugin reads a request with a single recv()
+        self.q.append((kind, data, time.perf_counter()))
+        if self.corked:
+            self.out.append(data)
+        else:
+            self.transport.write(data)  # one write: the C plugin reads a request with a single recv()
+
+    def send_many(self, batch: list[tuple[str, bytes]]) -> None:
+        """Pipelined: every request of ``batch`` in one write."""
+        now = time.perf_counter()
+        self.q.extend((kind, data, now) for kind, data in batch)
+        self.transport.write(b"".join(data for _, data in batch))
 
     def data_received(self, data: bytes) -> None:
-        if not self.in_flight:
+        # What the answers of this read make the driver issue on this connection leaves in one write.
+        self.corked = True
+        try:
+            self._received(data)
+        finally:
+            self.corked = False
+            if self.out:
+                out = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+                self.out.clear()
+                if not self.closed and not self.transport.is_closing():
+                    self.transport.write(out)
+
+    def _received(self, data: bytes) -> None:
+        if not self.q:
             self.drv.fail(self, "bad-response")  # bytes nobody asked for: the stream is out of step
             return
         if self.skip:
@@ -519,7 +550,7 @@ class _Conn(asyncio.Protocol):
             return
         buf = self.buf
         buf += data
-        while self.in_flight:
+        while self.q:
             if self.head_end < 0 and not self._parse_head():
                 return
             if self.need >= 0:
@@ -562,10 +593,18 @@ class _Conn(asyncio.Protocol):
             return
         self._finish(self.skipped_head + self.skipped_tail, self.skipped_total)
         if take < len(data):
-            self.data_received(data[take:])
+            self._received(data[take:])
 
     def _parse_head(self) -> bool:
         buf = self.buf
+        crlf = buf.find(b"\r\n\r\n")
+        if crlf >= 0:
+            # Most answers of a run share a few heads: known ones are not parsed again.
+            known = _HEADS.get(bytes(buf[: crlf + 4]))
+            if known is not None:
+                self.status, self.need, self.close_after = known
+                self.head_end = crlf + 4
+                return True
         # Lines may end in a bare LF: the C plugin's Date header ends "...2026\n\r\n".
         i = buf.find(b"\n\r\n")
         j = buf.find(b"\n\n")
@@ -611,6 +650,11 @@ class _Conn(asyncio.Protocol):
         self.close_after = (
             conn_hdr == b"close" or (version == b"HTTP/1.0" and conn_hdr != b"keep-alive") or length == -2
         )
+        if end == crlf + 4 and length >= 0:
+            # The same bytes always parse the same: remember this head (a few hundred at most).
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[bytes(buf[:end])] = (code, length, self.close_after)
         return True
 
     def _parse_chunks(self) -> bytes | None:
@@ -642,12 +686,12 @@ class _Conn(asyncio.Protocol):
     def _finish(self, body: bytes, nbytes: int) -> None:
         status, close_after = self.status, self.close_after
         self._reset()
-        self.in_flight = False
+        sent = self.q.popleft()
         self.served += 1
-        self.drv.done(self, status, body, nbytes, close_after)
+        self.drv.done(self, sent, status, body, nbytes, close_after)
 
     def eof_received(self) -> bool | None:
-        if self.in_flight and self.head_end >= 0 and self.need == -2:
+        if self.q and self.head_end >= 0 and self.need == -2:
             body = bytes(self.buf[self.head_end :])
             nbytes = len(self.buf)
             self.buf.clear()
@@ -660,14 +704,18 @@ class _Conn(asyncio.Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# The driver: keeps N requests in flight, one per connection
+# The driver: keeps connections x pipeline requests in flight
 
 
 class _Driver:
-    def __init__(self, session: Session, connections: int, timeout: float, progress: bool, pid: int | None) -> None:
+    def __init__(
+        self, session: Session, connections: int, timeout: float, progress: bool, pid: int | None, pipeline: int = 1
+    ) -> None:
         self.s = session
         self.loop = asyncio.get_running_loop()
         self.connections = connections
+        # Requests in flight per connection; 1 for a server that closes after each answer.
+        self.pipeline = pipeline if session.keepalive else 1
         self.timeout = timeout
         self.progress = progress
         self.pid = pid
@@ -710,7 +758,7 @@ class _Driver:
             phase.server_cpu0 = server_cpu_seconds(self.pid)
         phase.t0, phase.cpu0 = time.perf_counter(), time.process_time()
         for _ in range(self.connections):
-            self._issue(self.idle.pop() if self.idle else None)
+            self._issue(self.idle.pop() if self.idle else None, self.pipeline)
         if self.busy == 0:
             self.done_fut.set_result(None)
         try:
@@ -744,19 +792,29 @@ class _Driver:
             self.remaining -= 1
         return kind, data
 
-    def _issue(self, conn: _Conn | None) -> None:
-        nxt = self._next_request()
-        if nxt is None:
-            if conn is not None:
-                self.idle.append(conn)
-            return
-        self.busy += 1
+    def _issue(self, conn: _Conn | None, n: int = 1) -> None:
+        """Issue up to ``n`` requests on ``conn``, or (None, or closed) on one new connection."""
         if conn is not None and not conn.closed:
-            conn.send(*nxt)
-        else:
-            self.loop.create_task(self._open_and_send(*nxt))
+            for _ in range(n):
+                nxt = self._next_request()
+                if nxt is None:
+                    if not conn.q and conn not in self.idle:
+                        self.idle.append(conn)
+                    return
+                self.busy += 1
+                conn.send(*nxt)
+            return
+        batch = []
+        for _ in range(n):
+            nxt = self._next_request()
+            if nxt is None:
+                break
+            batch.append(nxt)
+        if batch:
+            self.busy += len(batch)
+            self.loop.create_task(self._open_and_send(batch))
 
-    async def _open_and_send(self, kind: str, data: bytes) -> None:
+    async def _open_and_send(self, batch: list[tuple[str, bytes]]) -> None:
         t = self.s.target
         try:
             if t.path is not None:
@@ -764,34 +822,44 @@ class _Driver:
             else:
                 _, conn = await self.loop.create_connection(lambda: _Conn(self), t.host, t.port)
         except OSError:
-            self.phase.errors["connect"] += 1
-            self.phase.count += 1
+            self.phase.errors["connect"] += len(batch)
+            self.phase.count += len(batch)
             await asyncio.sleep(0.05)  # a dead server would otherwise be hammered in a busy loop
-            self._settle(None)
+            self._settle(None, len(batch))
             return
         self.live.add(conn)
-        conn.send(kind, data)  # right away: the C plugin exits if a connection closes unused
+        # Right away: the C plugin exits if a connection closes unused.
+        if len(batch) == 1:
+            conn.send(*batch[0])
+        else:
+            conn.send_many(batch)
 
-    def _settle(self, conn: _Conn | None) -> None:
-        """A request finished (either way): issue the next one on ``conn`` or a new connection."""
-        self.busy -= 1
-        self._issue(conn)
+    def _settle(self, conn: _Conn | None, n: int = 1) -> None:
+        """``n`` requests finished (either way): issue as many on ``conn``, or on a new connection."""
+        self.busy -= n
+        self._issue(conn, n)
         if self.busy == 0 and self.stop_issuing and not self.done_fut.done():
             self.done_fut.set_result(None)
 
     # -- callbacks from _Conn --------------------------------------------------------------------
 
-    def done(self, conn: _Conn, status: int, body: bytes, nbytes: int, close_after: bool) -> None:
+    def done(
+        self, conn: _Conn, sent: tuple[str, bytes, float], status: int, body: bytes, nbytes: int, close_after: bool
+    ) -> None:
         phase = self.phase
-        kind = conn.kind
-        phase.lat[kind].append(time.perf_counter() - conn.t0)
+        kind, data, t0 = sent
+        phase.lat[kind].append(time.perf_counter() - t0)
         phase.count += 1
         phase.bytes += nbytes
         if status != 200:
             phase.errors[f"http:{status}"] += 1
         else:
             code = _classify(body) if body else _BAD
-            if code is None:
+            if code is None and data[data.rindex(b":") + 1 : -1] not in body[-_ID_TAIL:]:
+                # Every request's id is its body's last member; the answer must carry it back. Pipelined,
+                # this is what shows answers matched in order.
+                phase.errors["id-mismatch"] += 1
+            elif code is None:
                 phase.ok += 1
                 if kind == "provision":
                     self._keep_id(body, phase)
@@ -802,7 +870,12 @@ class _Driver:
         if close_after or not self.s.keepalive:
             if close_after:
                 self.s.keepalive = False
-            self._drop(conn)
+                self.pipeline = 1
+                if conn.q:
+                    # Pipelined requests behind an answer that closes: the server never read them.
+                    self._resend(conn)
+            if not conn.q:  # else its pipelined answers still come; it is dropped after the last
+                self._drop(conn)
             self._settle(None)
         else:
             self._settle(conn)
@@ -818,16 +891,26 @@ class _Driver:
             phase.errors["no-id"] += 1  # a Provision answer without an ID is useless to InfraKit
 
     def fail(self, conn: _Conn, kind: str) -> None:
-        """The request on ``conn`` failed: count it, drop the connection, go on with a new one."""
-        if not conn.in_flight:
+        """The requests on ``conn`` failed: count each, drop the connection, go on with a new one."""
+        n = len(conn.q)
+        if not n:
             self._drop(conn)
             return
-        conn.in_flight = False
-        self.phase.lat[conn.kind].append(time.perf_counter() - conn.t0)
-        self.phase.errors[kind] += 1
-        self.phase.count += 1
+        now = time.perf_counter()
+        for k, _, t0 in conn.q:
+            self.phase.lat[k].append(now - t0)
+        conn.q.clear()
+        self.phase.errors[kind] += n
+        self.phase.count += n
         self._drop(conn)
-        self._settle(None)
+        self._settle(None, n)
+
+    def _resend(self, conn: _Conn) -> None:
+        """Send the requests still queued on ``conn`` again, each on a fresh connection (they stay busy)."""
+        self.resent += len(conn.q)
+        for k, data, _ in conn.q:
+            self.loop.create_task(self._open_and_send([(k, data)]))
+        conn.q.clear()
 
     def lost(self, conn: _Conn, exc: Exception | None) -> None:
         self.live.discard(conn)
@@ -844,9 +927,8 @@ class _Driver:
             # target to a connection per request and resend on a fresh one (never reused, so this
             # happens at most once per request).
             self.s.keepalive = False
-            self.resent += 1
-            conn.in_flight = False
-            self.loop.create_task(self._open_and_send(conn.kind, conn.data))
+            self.pipeline = 1
+            self._resend(conn)
             return
         self.fail(conn, "reset" if exc is not None else "eof")
 
@@ -864,7 +946,7 @@ class _Driver:
             await asyncio.sleep(0.25)
             now = time.perf_counter()
             for conn in list(self.live):
-                if conn.in_flight and now - conn.t0 > self.timeout:
+                if conn.q and now - conn.q[0][2] > self.timeout:
                     conn.transport.abort()
                     self.fail(conn, "timeout")
             if self.pid is not None:
@@ -906,12 +988,14 @@ class _Probe:
         conn.send(kind, _one_off(METHODS[kind], b"{}", _ID_LOW + random.randrange(_ID_SPAN)))
         return await asyncio.wait_for(self.fut, timeout)
 
-    def done(self, conn: _Conn, status: int, body: bytes, nbytes: int, close_after: bool) -> None:
+    def done(
+        self, conn: _Conn, sent: tuple[str, bytes, float], status: int, body: bytes, nbytes: int, close_after: bool
+    ) -> None:
         if not self.fut.done():
             self.fut.set_result((status, body, close_after))
 
     def fail(self, conn: _Conn, kind: str) -> None:
-        conn.in_flight = False
+        conn.q.clear()
         if not self.fut.done():
             self.fut.set_exception(LoadError(f"{kind} while probing"))
 
@@ -996,8 +1080,13 @@ def run_load(
     progress: bool = False,
     session: Session | None = None,
     seed: int | None = None,
+    pipeline: int = 1,
 ) -> dict[str, Any]:
     """Drive ``target`` and return the figures as a JSON-able dict.
+
+    Each of the ``connections`` keeps ``pipeline`` requests in flight (sends that many in one write,
+    then one more per answer); a server that closes after every answer is driven one request per
+    connection whatever ``pipeline`` says, and the report's ``pipeline`` is what ran.
 
     Stops issuing at ``duration`` seconds or after ``requests`` requests, whichever comes first
     (5 s if neither is given), then waits for the answers in flight: closing a connection with a
@@ -1008,6 +1097,10 @@ def run_load(
     """
     if duration is None and requests is None:
         duration = 5.0
+    if pipeline < 1:
+        raise LoadError(f"pipeline must be at least 1, got {pipeline}")
+    if connections < 1:
+        raise LoadError(f"connections must be at least 1, got {connections}")
     if session is None:
         t = parse_target(target) if isinstance(target, str) else target
         session = Session(t, group_size=group_size, seed=seed)
@@ -1025,6 +1118,7 @@ def run_load(
             timeout,
             pid,
             progress,
+            pipeline,
         )
     )
 
@@ -1041,16 +1135,19 @@ async def _run_load(
     timeout: float,
     pid: int | None,
     progress: bool,
+    pipeline: int = 1,
 ) -> dict[str, Any]:
     if s.keepalive is None:
         s.keepalive, _, s.peer_pid = await _probe(s.target, timeout)
     pid_from = "given" if pid is not None else "SO_PEERCRED" if s.peer_pid is not None else None
     if pid is None:
         pid = s.peer_pid
-    drv = _Driver(s, connections, timeout, progress, pid)
+    drv = _Driver(s, connections, timeout, progress, pid, pipeline)
     out: dict[str, Any] = {
         "target": str(s.target),
         "connections": connections,
+        "pipeline": drv.pipeline,
+        "pipeline_requested": pipeline,
         "mix": mix,
         "keepalive": s.keepalive,
         "loop": "uvloop" if uvloop is not None else "asyncio",
@@ -1079,6 +1176,7 @@ async def _run_load(
         out["exhausted"] = drv.exhausted
         out["resent"] = drv.resent
         out["keepalive"] = s.keepalive
+        out["pipeline"] = drv.pipeline  # 1 if the server turned out to close after each answer
         out["own_instances"] = len(s.own_ids)
         if pid is not None:
             out["server"] = {
@@ -1097,11 +1195,8 @@ async def _run_load(
 # Self-test: the tool's own ceiling against a server that does nothing
 
 
-_CANNED_BODY = b'{"jsonrpc":"2.0","result":{"Type":"","OK":true},"id":1}'
-_CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-    len(_CANNED_BODY),
-    _CANNED_BODY,
-)
+_CANNED_BODY = b'{"jsonrpc":"2.0","result":{"Type":"","OK":true},"id":%s}'
+_CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 
 
 class _CannedServer(asyncio.Protocol):
@@ -1126,8 +1221,11 @@ class _CannedServer(asyncio.Protocol):
             n = int(buf[i + 16 : buf.find(b"\r\n", i)]) if i >= 0 else 0
             if len(buf) < end + 4 + n:
                 return
+            body = bytes(buf[end + 4 : end + 4 + n])
             del buf[: end + 4 + n]
-            self.transport.write(_CANNED)
+            at = body.rfind(b'"id":')
+            answer = _CANNED_BODY % (body[at + 5 :].rstrip(b"} \r\n") if at >= 0 else b"null")
+            self.transport.write(_CANNED % len(answer) + answer)
             if self.close:
                 self.transport.close()
                 return
@@ -1181,9 +1279,13 @@ def _fmt_report(r: dict[str, Any]) -> str:
             + ("  CAPPED" if p["capped"] else "")
             + (f"  errors {p['errors']}" if p["errors"] else "")
         )
+    pipe = r.get("pipeline", 1)
+    asked = r.get("pipeline_requested", pipe)
     lines += [
-        f"target      {r['target']}  ({r['connections']} connections, "
-        f"{'keep-alive' if r['keepalive'] else 'one connection per request'}, {r['loop']})",
+        f"target      {r['target']}  ({r['connections']} connections"
+        + (f" x {pipe} pipelined" if pipe > 1 else "")
+        + f", {'keep-alive' if r['keepalive'] else 'one connection per request'}, {r['loop']})"
+        + (f"  (--pipeline {asked} not used: the server closes after each answer)" if asked > pipe else ""),
         f"mix         {', '.join(f'{k}={v:g}' for k, v in r['mix'].items())}",
         f"requests    {r['requests']} in {r['seconds']:.2f} s = {r['rps']:,.1f} req/s ({r['ok_rps']:,.1f} ok/s)",
         f"latency ms  p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
@@ -1223,6 +1325,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", nargs="?", help="socket path, unix:///path or tcp://host:port")
     p.add_argument("-c", "--connections", type=int, default=16, help="concurrent connections (16)")
+    p.add_argument(
+        "--pipeline",
+        type=int,
+        default=1,
+        metavar="N",
+        help="requests in flight per connection: N sent in one write, then one more per answer (1, as Go's client)",
+    )
     p.add_argument("--mix", default="provision=1", help="weighted methods, e.g. provision=3,destroy=1")
     p.add_argument("--duration", type=float, help="seconds of timed load (default 5 unless --requests)")
     p.add_argument("--requests", type=int, help="stop after this many requests")
@@ -1276,6 +1385,7 @@ def main(argv: list[str] | None = None) -> int:
                 pid=args.pid,
                 progress=args.progress or sys.stderr.isatty(),
                 seed=args.seed,
+                pipeline=args.pipeline,
             )
     except asyncio.TimeoutError:
         print(f"ikload: no answer to the handshake probe within {args.timeout:g} s", file=sys.stderr)

@@ -21,12 +21,14 @@ DEFAULT_LABELS = {
     "pure": "this plugin, pure",
     "c": "C plugin",
     "go": "Go file plugin",
+    "ceiling": "trivial C epoll server (ceiling)",
 }
 _STYLE = {  # fixed colours per README target, so every figure agrees
     "compiled": ("#1f77b4", "o"),
     "pure": ("#6baed6", "s"),
     "c": ("#d62728", "^"),
     "go": ("#2ca02c", "D"),
+    "ceiling": ("#444444", "x"),
 }
 _OTHER = (("#ff7f0e", "v"), ("#9467bd", "P"), ("#8c564b", "X"), ("#e377c2", "*"))
 
@@ -195,7 +197,7 @@ def plot_sweep(result: dict[str, Any], path: Path, labels: Mapping[str, str]) ->
     plt = _plt()
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    methods = result["methods"]
+    methods = series_of(result)
     names = result["targets"]
     levels = result["levels"]
     style = _style(names)
@@ -243,12 +245,25 @@ def plot_sweep(result: dict[str, Any], path: Path, labels: Mapping[str, str]) ->
     _save(fig, path)
 
 
+def series_name(method: str, pipeline: int = 1) -> str:
+    """How a sweep's method at a pipeline depth is named in its table and plot: ``validate ×8 pipelined``."""
+    return method if pipeline <= 1 else f"{method} ×{pipeline} pipelined"
+
+
+def series_of(result: dict[str, Any]) -> list[str]:
+    """A sweep's series in order: each method at each pipeline depth (results before pipelining: methods)."""
+    return [series_name(m, k) for m in result["methods"] for k in result.get("pipelines") or [1]]
+
+
 def sweep_points(result: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """(target, method, connections) -> the median point of its rounds (by throughput)."""
+    """(target, series, connections) -> the median point of its rounds (by throughput).
+
+    A series is a method at one pipeline depth, named by :func:`series_name`."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for p in result["points"]:
         if p["status"] == "ok":
-            groups.setdefault((p["target"], p["method"], p["connections"]), []).append(p)
+            key = (p["target"], series_name(p["method"], p.get("pipeline", 1)), p["connections"])
+            groups.setdefault(key, []).append(p)
     out = {}
     for key, ps in groups.items():
         ps.sort(key=lambda p: p["ok_rps"])
