@@ -6,6 +6,7 @@ what every read does, from the bytes received to the answer bytes written; the
 reads that are not the common one go to the methods the server's class adds.
 """
 
+import functools
 import logging
 
 from cpython.bytes cimport PyBytes_GET_SIZE
@@ -14,9 +15,10 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from infrakit_instance._http_c cimport HttpParser, Request, json_ok
 from infrakit_instance._rpc_c cimport quick_answer
+from infrakit_instance._http_c import build_head, build_response
 from infrakit_instance.logs import conn_id, dump
 
-__all__ = ["MAX_PENDING", "Core"]
+__all__ = ["MAX_PENDING", "Core", "use"]
 
 log = logging.getLogger("infrakit_instance.server")
 
@@ -30,6 +32,22 @@ cdef bytes _POST = b"POST"
 cdef bytes _JSON = b"application/json"
 cdef bytes _INFO = b"/info/"
 cdef bytes _HTTP = b"http://"
+cdef bytes _ALLOW_POST = b"Allow: POST\r\n"
+cdef object _build_response = build_response
+cdef object _build_head = build_head
+cdef object _partial = functools.partial
+cdef object _tuple_iter = tuple.__iter__
+
+# The dispatcher's answer types (``infrakit_instance.rpc`` imports this package's twins, so
+# the server hands them over once, with use()).
+cdef object _Parts = None
+cdef object _Pending = None
+
+
+def use(parts, pending):
+    """Tell the connections the dispatcher's ``Parts`` and ``Pending``."""
+    global _Parts, _Pending
+    _Parts, _Pending = parts, pending
 
 
 cdef inline double _monotonic() noexcept:
@@ -135,6 +153,76 @@ cdef class Core:
         if body is None:
             return None
         return json_ok(body)
+
+    # -- requests --------------------------------------------------------------------
+
+    cpdef _request(self, req):
+        cdef object server = self.server
+        cdef object path, ctype, answer, slot, done, waiting
+        cdef bint keep_alive = req.keep_alive and not server.stopping
+        if server.tcp and not self._guard(req, keep_alive):
+            if not keep_alive:
+                self._closing = True
+            return
+        path = req.path
+        if path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path:
+            self._slots.append([self._info(req, keep_alive), not keep_alive])
+        elif req.method != _POST:
+            self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, _ALLOW_POST)
+        elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
+            self._http_error(415, "Content-Type must be application/json", not keep_alive)
+        else:
+            if server.debug:
+                log.debug("request: %s", _dump(req.body))
+            answer = server.dispatcher.handle(req.body)
+            if answer is None or isinstance(answer, bytes) or isinstance(answer, _Parts):
+                self._slots.append([self._respond(answer, keep_alive), not keep_alive])
+            else:
+                # Answered when the change is durable (Pending) or the work is done (a future).
+                slot = [None, not keep_alive]
+                self._slots.append(slot)
+                server.inflight += 1
+                if isinstance(answer, _Pending):
+                    # One callback per store batch and connection answers every slot it holds.
+                    done = answer.done
+                    waiting = self._waiting.get(done)
+                    if waiting is None:
+                        waiting = self._waiting[done] = []
+                        done.add_done_callback(self._batch_done)
+                    waiting.append((answer, slot, keep_alive))
+                else:
+                    answer.add_done_callback(_partial(self._answered, slot=slot, keep_alive=keep_alive))
+        if not keep_alive:
+            self._closing = True
+
+    def _batch_done(self, done):
+        cdef list waiting = self._waiting.pop(done)
+        cdef object pending, slot, keep_alive
+        self.server.inflight -= len(waiting)
+        for pending, slot, keep_alive in waiting:
+            slot[0] = self._respond(pending.settle(), keep_alive)
+        self._after_answer()
+
+    cpdef _after_answer(self):
+        self._flush()
+        if self._backlog:
+            self._process()
+            self._flush()
+        self._update_reading()
+        self.server.idle_changed()
+
+    cpdef _respond(self, body, keep_alive):
+        cdef object head, middle, tail
+        if self.server.debug:
+            log.debug("-> %s", _dump(body.join() if isinstance(body, _Parts) else body or b""))
+        if type(body) is bytes:
+            if keep_alive is True:
+                return json_ok(<bytes>body)
+            return _build_response(200, body, keep_alive)
+        if isinstance(body, _Parts):
+            head, middle, tail = _tuple_iter(body)
+            return [_build_head(200, len(body), keep_alive) + head, middle, tail]
+        return _build_response(200, body or b"", keep_alive)
 
     # -- output ----------------------------------------------------------------------
 

@@ -11,15 +11,16 @@ answered here, without the dispatcher.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
-from ._http_py import Request, build_response
+from ._http_py import Request, build_head, build_response
 from ._rpc_py import quick
 from .logs import conn_id, dump
 
-__all__ = ["MAX_PENDING", "Core"]
+__all__ = ["MAX_PENDING", "Core", "use"]
 
 log = logging.getLogger("infrakit_instance.server")
 
@@ -28,6 +29,17 @@ MAX_PENDING = 128
 
 _POST = b"POST"
 _JSON = b"application/json"
+
+# The dispatcher's answer types (``infrakit_instance.rpc`` imports this package's twins, so
+# the server hands them over once, with :func:`use`).
+_Parts: Any = None
+_Pending: Any = None
+
+
+def use(parts: type, pending: type) -> None:
+    """Tell the connections the dispatcher's ``Parts`` and ``Pending``."""
+    global _Parts, _Pending
+    _Parts, _Pending = parts, pending
 
 
 class Core:
@@ -107,7 +119,7 @@ class Core:
                             if quick_entries is not None and (answer := self._quick(item, quick_entries)) is not None:
                                 self._slots.append([answer, False])
                             else:
-                                self._request(item)  # type: ignore[attr-defined]
+                                self._request(item)
                         else:
                             self._handle(item)  # type: ignore[attr-defined]
                     self._flush()
@@ -135,6 +147,73 @@ class Core:
         if body is None:
             return None
         return build_response(200, body, True)
+
+    # -- requests --------------------------------------------------------------------
+
+    def _request(self, req: Any) -> None:
+        server = self.server
+        keep_alive = req.keep_alive and not server.stopping
+        if server.tcp and not self._guard(req, keep_alive):  # type: ignore[attr-defined]
+            if not keep_alive:
+                self._closing = True
+            return
+        path = req.path
+        if path.startswith(b"/info/") or path.startswith(b"http://") and b"/info/" in path:
+            self._slots.append([self._info(req, keep_alive), not keep_alive])  # type: ignore[attr-defined]
+        elif req.method != _POST:
+            self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, b"Allow: POST\r\n")  # type: ignore[attr-defined]
+        elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
+            self._http_error(415, "Content-Type must be application/json", not keep_alive)  # type: ignore[attr-defined]
+        else:
+            if server.debug:
+                log.debug("request: %s", dump(req.body))
+            answer = server.dispatcher.handle(req.body)
+            if answer is None or isinstance(answer, bytes) or isinstance(answer, _Parts):
+                self._slots.append([self._respond(answer, keep_alive), not keep_alive])
+            else:
+                # Answered when the change is durable (Pending) or the work is done (a future).
+                slot: list[Any] = [None, not keep_alive]
+                self._slots.append(slot)
+                server.inflight += 1
+                if isinstance(answer, _Pending):
+                    # One callback per store batch and connection answers every slot it holds.
+                    done = answer.done
+                    waiting = self._waiting.get(done)
+                    if waiting is None:
+                        waiting = self._waiting[done] = []
+                        done.add_done_callback(self._batch_done)
+                    waiting.append((answer, slot, keep_alive))
+                else:
+                    answered = self._answered  # type: ignore[attr-defined]
+                    answer.add_done_callback(functools.partial(answered, slot=slot, keep_alive=keep_alive))
+        if not keep_alive:
+            self._closing = True
+
+    def _batch_done(self, done: Any) -> None:
+        waiting = self._waiting.pop(done)
+        self.server.inflight -= len(waiting)
+        respond = self._respond
+        for pending, slot, keep_alive in waiting:
+            slot[0] = respond(pending.settle(), keep_alive)
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        self._flush()
+        if self._backlog:
+            self._process()  # type: ignore[attr-defined]
+            self._flush()
+        self._update_reading()
+        self.server.idle_changed()
+
+    def _respond(self, body: Any, keep_alive: bool) -> bytes | list[bytes]:
+        if self.server.debug:
+            log.debug("-> %s", dump(body.join() if isinstance(body, _Parts) else body or b""))
+        if type(body) is bytes:
+            return build_response(200, body, keep_alive)
+        if isinstance(body, _Parts):
+            head, middle, tail = tuple.__iter__(body)
+            return [build_head(200, len(body), keep_alive) + head, middle, tail]
+        return build_response(200, body or b"", keep_alive)
 
     # -- output ----------------------------------------------------------------------
 

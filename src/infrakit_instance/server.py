@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import gc
 import hmac
 import ipaddress
@@ -30,7 +29,7 @@ from typing import Any
 
 from ._impl import conn as connection
 from ._impl import http
-from .logs import conn_id, dump
+from .logs import conn_id
 from .plugin import Plugin
 from .provider import BoundedProvider, LogicalProvider, Provider, ProviderError
 from .rpc import MAX_BATCH, MAX_BATCH_BYTES, Dispatcher, Parts, Pending
@@ -39,6 +38,8 @@ from .store import FileStore, Store
 from .sync import Syncer
 
 __all__ = ["Config", "Connection", "EdgeError", "Server", "SocketInUse", "check_edge", "is_loopback", "run"]
+
+connection.use(Parts, Pending)
 
 log = logging.getLogger(__name__)
 
@@ -276,43 +277,7 @@ class Connection(connection.Core, asyncio.Protocol):
 
     # -- requests ------------------------------------------------------------------
 
-    def _request(self, req: Any) -> None:
-        server = self.server
-        keep_alive = req.keep_alive and not server.stopping
-        if server.tcp and not self._guard(req, keep_alive):
-            if not keep_alive:
-                self._closing = True
-            return
-        path = req.path
-        if path.startswith(b"/info/") or path.startswith(b"http://") and b"/info/" in path:
-            self._slots.append([self._info(req, keep_alive), not keep_alive])
-        elif req.method != b"POST":
-            self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, b"Allow: POST\r\n")
-        elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
-            self._http_error(415, "Content-Type must be application/json", not keep_alive)
-        else:
-            if server.debug:
-                log.debug("request: %s", dump(req.body))
-            answer = server.dispatcher.handle(req.body)
-            if answer is None or isinstance(answer, bytes) or isinstance(answer, Parts):
-                self._slots.append([self._respond(answer, keep_alive), not keep_alive])
-            else:
-                # Answered when the change is durable (Pending) or the work is done (a future).
-                slot: list[Any] = [None, not keep_alive]
-                self._slots.append(slot)
-                server.inflight += 1
-                if isinstance(answer, Pending):
-                    # One callback per store batch and connection answers every slot it holds.
-                    done = answer.done
-                    waiting = self._waiting.get(done)
-                    if waiting is None:
-                        waiting = self._waiting[done] = []
-                        done.add_done_callback(self._batch_done)
-                    waiting.append((answer, slot, keep_alive))
-                else:
-                    answer.add_done_callback(functools.partial(self._answered, slot=slot, keep_alive=keep_alive))
-        if not keep_alive:
-            self._closing = True
+    # -- requests: _request (and the answers it waits for) is conn.Core's ---------------
 
     def _guard(self, req: Any, keep_alive: bool) -> bool:
         """The TCP edge's checks (Host, Origin, token, Content-Type); False if refused (answered)."""
@@ -341,32 +306,6 @@ class Connection(connection.Core, asyncio.Protocol):
         self.server.inflight -= 1
         slot[0] = self._respond(fut.result(), keep_alive)
         self._after_answer()
-
-    def _batch_done(self, done: asyncio.Future[None]) -> None:
-        waiting = self._waiting.pop(done)
-        self.server.inflight -= len(waiting)
-        respond = self._respond
-        for pending, slot, keep_alive in waiting:
-            slot[0] = respond(pending.settle(), keep_alive)
-        self._after_answer()
-
-    def _after_answer(self) -> None:
-        self._flush()
-        if self._backlog:
-            self._process()
-            self._flush()
-        self._update_reading()
-        self.server.idle_changed()
-
-    def _respond(self, body: bytes | Parts | None, keep_alive: bool) -> bytes | list[bytes]:
-        if self.server.debug:
-            log.debug("-> %s", dump(body.join() if isinstance(body, Parts) else body or b""))
-        if type(body) is bytes:
-            return http.build_response(200, body, keep_alive)
-        if isinstance(body, Parts):
-            head, middle, tail = tuple.__iter__(body)
-            return [http.build_head(200, len(body), keep_alive) + head, middle, tail]
-        return http.build_response(200, body or b"", keep_alive)
 
     def _info(self, req: Any, keep_alive: bool) -> bytes:
         if req.method != b"GET":
