@@ -590,17 +590,26 @@ cdef inline Py_ssize_t _q_ws(const unsigned char* p, Py_ssize_t n, Py_ssize_t i)
     return i
 
 
+# Bytes a plain string holds as they are: printable ASCII but the quote and the backslash.
+cdef unsigned char _Q_PLAIN[256]
+
+
+cdef void _q_init() noexcept:
+    cdef int c
+    for c in range(256):
+        _Q_PLAIN[c] = 0x20 <= c < 0x80 and c != 34 and c != 92
+
+
+_q_init()
+
+
 cdef inline Py_ssize_t _q_string(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept:
     """The end of the plain string at ``p[i] == '"'`` (ASCII, no escape), or -1."""
-    cdef unsigned char c
     i += 1
-    while i < n:
-        c = p[i]
-        if c == 34:
-            return i + 1
-        if c < 0x20 or c >= 0x80 or c == 92:
-            return -1
+    while i < n and _Q_PLAIN[p[i]]:
         i += 1
+    if i < n and p[i] == 34:
+        return i + 1
     return -1
 
 

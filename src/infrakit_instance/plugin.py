@@ -96,7 +96,7 @@ class Plugin:
             (b"Handshake.Hello", _HELLO, False),
         ]
         if self.provider.logical:
-            answers.append((b"Instance.Validate", _OK_EMPTY, True))
+            answers.insert(0, (b"Instance.Validate", _OK_EMPTY, True))  # first: the one called most
         return tuple(answers)
 
     # -- handshakes -------------------------------------------------------------
