@@ -44,7 +44,6 @@ connection.use(Parts, Pending)
 log = logging.getLogger(__name__)
 
 _MAX_PENDING = connection.MAX_PENDING  # pipelined requests in flight per connection before reading pauses
-_JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 
 
