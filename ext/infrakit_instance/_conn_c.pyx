@@ -10,6 +10,7 @@ import functools
 import logging
 
 from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.contextvars cimport get_value_no_default
 from cpython.list cimport PyList_GET_SIZE
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -90,7 +91,7 @@ cdef class Core:
         # The event loop runs a connection's callbacks in a context of the connection's own
         # (uvloop and asyncio copy one per transport), so the id set here stays for the
         # connection: no set and reset on every read.
-        if _conn_id.get() is not self.cid:
+        if get_value_no_default(_conn_id) is not self.cid:
             _conn_id.set(self.cid)
         now = _monotonic()
         self._last = now
@@ -111,6 +112,17 @@ cdef class Core:
                     # The common read: whole requests and nothing left over; nothing is
                     # held (no bytes to count), nothing waits in the backlog.
                     quick_entries = self.quick
+                    if quick_entries is not None and PyList_GET_SIZE(items) == 1 and not self._slots:
+                        # One request, nothing before it: a fixed answer is written as it is.
+                        item = items[0]
+                        if type(item) is Request:
+                            answer = self._quick(<Request>item, quick_entries)
+                            if answer is not None:
+                                if self.transport is not None and not self.transport.is_closing():
+                                    self.transport.write(answer)
+                                if self._paused:
+                                    self._update_reading()
+                                return
                     for item in items:
                         if self._closing:
                             break

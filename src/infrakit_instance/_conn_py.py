@@ -124,6 +124,19 @@ class Core:
                     quick_entries = self.quick
                     if quick_entries is not None and _marks[0] is not quick_entries:
                         _mark(quick_entries)
+                    if quick_entries is not None and len(items) == 1 and not self._slots:
+                        # One request, nothing before it: a fixed answer is written as it is.
+                        item = items[0]
+                        if (
+                            type(item) is Request
+                            and ((at := item.body.find(_METHOD)) < 0 or item.body.startswith(_marks[1], at + 10))
+                            and (answer := self._quick(item, quick_entries)) is not None
+                        ):
+                            if self.transport is not None and not self.transport.is_closing():
+                                self.transport.write(answer)
+                            if self._paused:
+                                self._update_reading()
+                            return
                     for item in items:
                         if self._closing:
                             break
