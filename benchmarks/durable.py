@@ -4,12 +4,14 @@
     python benchmarks/durable.py --rounds 2 --duration 3
 
 Starts the same plugin twice, once durable (``--fsync always``, the default) and once with
-``--fsync never``, each on a fresh state in a folder of its own, and drives both with
-``ikload.py`` at the same concurrency, one after the other, in every round (the order swaps
-between rounds, so that a change of load on a shared machine hits both alike):
+``--fsync never``, each on a fresh state in a folder of its own, prefills both (``--prefill``
+provisions, untimed), and drives both with ``ikload.py`` at the same concurrency.  Each timed
+phase is cut into ``--slices`` slices, run interleaved (provision on one plugin, then on the
+other, then destroy on each, and again; the order swaps between rounds), so that a change of
+load on a shared machine falls on every phase alike:
 
-* **provision**: after ``--prefill`` provisions (untimed), ``--duration`` seconds of Provision;
-* **destroy**: then ``--duration`` seconds of Destroy of the instances provisioned so far, oldest
+* **provision**: ``--duration`` seconds of Provision in all;
+* **destroy**: ``--duration`` seconds of Destroy of the instances provisioned so far, oldest
   first (the prefill must outlast it: the tool says so when the destroys ran out);
 * **syncs**: with ``--syncs``, one more Provision and one more Destroy phase on the durable plugin
   under ``strace -f -c -e trace=fdatasync -p PID`` (strace slows the server, so these phases are
@@ -118,15 +120,20 @@ def _cpu(r: dict[str, Any]) -> float | None:
     return (r.get("server_cpu") or {}).get("us_per_request")
 
 
-def _phase(r: dict[str, Any]) -> dict[str, Any]:
+def _joined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slices of one phase as one: requests over seconds, server CPU over requests."""
+    ok = sum(r["ok"] for r in parts)
+    seconds = sum(r["seconds"] for r in parts)
+    cpu = [(r.get("server_cpu") or {}).get("seconds") for r in parts]
     return {
-        "ok": r["ok"],
-        "seconds": r["seconds"],
-        "ok_rps": r["ok_rps"],
-        "errors": r["error_total"],
-        "cpu_us": _cpu(r),
-        "p50_ms": r["latency_ms"]["p50"],
-        "p99_ms": r["latency_ms"]["p99"],
+        "ok": ok,
+        "seconds": round(seconds, 3),
+        "ok_rps": round(ok / seconds, 1),
+        "errors": sum(r["error_total"] for r in parts),
+        "cpu_us": round(sum(cpu) / ok * 1e6, 1) if ok and None not in cpu else None,  # type: ignore[arg-type]
+        "p50_ms": [r["latency_ms"]["p50"] for r in parts],
+        "ran_out": any(r.get("exhausted") for r in parts),
+        "slices": [{"ok_rps": r["ok_rps"], "cpu_us": _cpu(r)} for r in parts],
     }
 
 
@@ -135,6 +142,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of each timed phase")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of untimed provisions first")
+    parser.add_argument("--slices", type=int, default=4, help="each phase in this many interleaved slices")
     parser.add_argument("-c", "--connections", type=int, default=16)
     parser.add_argument("--prefill", type=int, default=30_000, help="instances provisioned first (untimed)")
     parser.add_argument("--command", default=COMMAND, help="the plugin ({socket} and {state} are filled in)")
@@ -162,12 +170,15 @@ def main() -> int:
                         p.load("provision=1", c, requests=args.prefill)
                     if args.warmup:
                         p.load("provision=1", c, duration=args.warmup)
-                    rec[f"{name}_provision"] = _phase(p.load("provision=1", c, duration=args.duration))
-                for name in order:
-                    p = plugins[name]
-                    r = p.load("destroy=1", c, duration=args.duration)
-                    rec[f"{name}_destroy"] = _phase(r)
-                    rec[f"{name}_destroy"]["ran_out"] = bool(r.get("exhausted"))
+                # The phases in slices, interleaved: a change of the machine's load falls on all alike.
+                runs: dict[str, list[dict[str, Any]]] = {}
+                for _ in range(args.slices):
+                    for kind in ("provision", "destroy"):
+                        for name in order:
+                            r = plugins[name].load(f"{kind}=1", c, duration=args.duration / args.slices)
+                            runs.setdefault(f"{name}_{kind}", []).append(r)
+                for key, parts in runs.items():
+                    rec[key] = _joined(parts)
                 if args.syncs:
                     p = plugins["durable"]
                     rec["syncs_provision"] = counted_syncs(p, "provision=1", c, args.duration)
@@ -205,9 +216,10 @@ def _print_round(rec: dict[str, Any]) -> None:
     for key in ("durable_provision", "never_provision", "durable_destroy", "never_destroy"):
         ph = rec[key]
         note = " (ran out of instances)" if ph.get("ran_out") else ""
+        slices = " ".join(f"{x['ok_rps']:,.0f}" for x in ph["slices"])
         print(
             f"  {key.replace('_', ' '):18s} {ph['ok_rps']:>9,.0f}/s  CPU {ph['cpu_us'] or 0:>6.1f} µs/req"
-            f"  p50 {ph['p50_ms']} ms  p99 {ph['p99_ms']} ms  errors {ph['errors']}{note}"
+            f"  (slices {slices})  errors {ph['errors']}{note}"
         )
     for key in ("syncs_provision", "syncs_destroy"):
         if key in rec:
