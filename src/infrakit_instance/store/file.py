@@ -301,6 +301,9 @@ def _padding(end: int) -> int:
     return max(_PAD_MIN, end // 8)
 
 
+#: Destroys between rebuilds of the instances' dict (see FileStore.destroy), plus 1/64 of its size.
+_HOLES = 256
+
 #: Append batches in a row that go through the journal before a checkpoint returns to direct appends.
 _JOURNALED_APPENDS = 16
 
@@ -384,6 +387,7 @@ class FileStore(Store):
         self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
+        self._holes = 0  # destroys since the instances' dict was last rebuilt
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
         #: Why the store stopped taking changes (a write it could not undo), or None.
         self.stopped: str | None = None
@@ -580,6 +584,14 @@ class FileStore(Store):
             nxt = next(iter(state.instances.values()), None)
             if nxt is not None:
                 self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
+        # A dict keeps the slot of every key popped from it until it grows, and a walk from
+        # its start (``next(iter(...))`` above) steps over each one: destroys oldest first,
+        # InfraKit's order, would make every destroy cost in proportion to those before it.
+        # Rebuilt (in order) once they pile up, a walk steps over a bounded number.
+        self._holes += 1
+        if self._holes > _HOLES + (len(state.instances) >> 6):
+            state.instances = dict(state.instances)
+            self._holes = 0
         self._maybe_compact()
         return self._waiter()
 
