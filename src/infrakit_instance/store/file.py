@@ -819,9 +819,12 @@ class FileStore(Store):
                     writes, self._writes = self._writes, []
                     append, self._in_place = not self._in_place, False
                     size = self._size
-                    regions = _merge(writes, size)
-                    if append and self._append_from >= 0:
-                        regions = self._sign(regions)
+                    if append:
+                        regions = _merge(writes, size)
+                        if self._append_from >= 0:
+                            regions = self._sign(regions)
+                    else:  # journaled: the journal joins the writes chunk by chunk (Journal.log)
+                        regions = [Region(off, data[: size - off]) for off, data in writes if off < size]
                     self._append_from = -1
                     if overlap:
                         await loop.run_in_executor(executor, self._commit, regions, append, size)
@@ -1015,9 +1018,17 @@ class FileStore(Store):
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
     """Coalesce a batch's writes into disjoint regions; a later write wins where
     they overlap, and nothing lands past ``end`` (a relayout may have shrunk it)."""
-    if len(writes) == 1:
-        off, data = writes[0]
-        return [Region(off, data[: end - off])]
+    if len(writes) <= 1:
+        return [Region(off, data[: end - off]) for off, data in writes if off < end]
+    # An append batch's writes follow one another: one region, joined.
+    pos = writes[0][0]
+    for off, data in writes:
+        if off != pos:
+            break
+        pos += len(data)
+    else:
+        start = writes[0][0]
+        return [Region(start, b"".join([d for _, d in writes])[: end - start])] if start < end else []
     spans: list[list[int]] = []
     for off, data in sorted(writes, key=lambda w: w[0]):
         stop = off + len(data)
