@@ -4,8 +4,10 @@ the regions that reach the file and the journal."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
+import threading
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from infrakit_instance.store import FileStore
 from infrakit_instance.store.disk import Disk
+from infrakit_instance.store.file import _WriterThread
 from infrakit_instance.store.journal import CHUNK, Journal, Region, apply, read_records, replayed_image
 from test_store import described, on_disk, provision, record, run
 
@@ -116,3 +119,30 @@ def test_the_journal_joins_a_batchs_writes_in_their_order_chunk_by_chunk(tmp_pat
     finally:
         os.close(fd)
         os.close(jfd)
+
+
+def test_the_writer_thread_runs_calls_in_order_and_hands_back_results_and_errors() -> None:
+    """The store's I/O thread: calls made in a row run there one after another, in order;
+    each answers its own future with the call's result or exception; shutdown waits for
+    the calls already made."""
+    writer = _WriterThread("infrakit-store")
+    seen: list[tuple[int, str]] = []
+
+    def work(n: int) -> int:
+        seen.append((n, threading.current_thread().name))
+        if n == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return n * 10
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futs = [writer.run(loop, work, n) for n in range(6)]
+        got = await asyncio.gather(*futs, return_exceptions=True)
+        assert got[:3] == [0, 10, 20] and got[4:] == [40, 50]
+        assert isinstance(got[3], OSError) and got[3].errno == errno.EIO
+        late = writer.run(loop, work, 7)
+        writer.shutdown(wait=True)  # the call made before it still runs
+        assert await late == 70
+
+    run(main)
+    assert seen == [(n, "infrakit-store") for n in (0, 1, 2, 3, 4, 5, 7)]
