@@ -17,6 +17,8 @@ load on a shared machine falls on every phase alike:
   under ``strace -f -c -e trace=fdatasync -p PID`` (strace slows the server, so these phases are
   not used for the ratios): changes per fdatasync.
 
+Between slices it times ``pwrite`` of 4 KiB + ``fdatasync`` on a file beside the durable state,
+and prints the ceiling that this puts on durable ÷ never when every client is in one batch.
 It prints, per round and over all rounds (the sums of both runs' requests over their seconds), durable
 provision ÷ never provision, durable destroy ÷ durable provision, and the server's CPU per request
 (from ``/proc/PID/stat``, as ikload reports it) for each phase.  ``--json FILE`` keeps everything.
@@ -116,6 +118,24 @@ def counted_syncs(plugin: Plugin, mix: str, connections: int, duration: float) -
     }
 
 
+def sync_probe(folder: str, samples: list[float], count: int = 50) -> None:
+    """What one durable write costs on this disk now: ``pwrite`` of 4 KiB into a file whose
+    blocks are allocated, then ``fdatasync`` (what a batch of appends does), in µs."""
+    path = os.path.join(folder, "probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.pwrite(fd, b" " * (1 << 20), 0)
+            os.fsync(fd)
+        for i in range(count):
+            t = time.perf_counter()
+            os.pwrite(fd, b"x" * 4096, (i * 4096) % (1 << 20))
+            os.fdatasync(fd)
+            samples.append((time.perf_counter() - t) * 1e6)
+    finally:
+        os.close(fd)
+
+
 def _cpu(r: dict[str, Any]) -> float | None:
     return (r.get("server_cpu") or {}).get("us_per_request")
 
@@ -172,13 +192,17 @@ def main() -> int:
                         p.load("provision=1", c, duration=args.warmup)
                 # The phases in slices, interleaved: a change of the machine's load falls on all alike.
                 runs: dict[str, list[dict[str, Any]]] = {}
+                syncs: list[float] = []
                 for _ in range(args.slices):
                     for kind in ("provision", "destroy"):
                         for name in order:
                             r = plugins[name].load(f"{kind}=1", c, duration=args.duration / args.slices)
                             runs.setdefault(f"{name}_{kind}", []).append(r)
+                    sync_probe(plugins["durable"].folder, syncs)
                 for key, parts in runs.items():
                     rec[key] = _joined(parts)
+                syncs.sort()
+                rec["disk_sync_us"] = {"p50": round(syncs[len(syncs) // 2]), "p90": round(syncs[len(syncs) * 9 // 10])}
                 if args.syncs:
                     p = plugins["durable"]
                     rec["syncs_provision"] = counted_syncs(p, "provision=1", c, args.duration)
@@ -189,6 +213,12 @@ def main() -> int:
             dp, np_, dd = rec["durable_provision"], rec["never_provision"], rec["durable_destroy"]
             rec["provision_durable_vs_never"] = round(dp["ok_rps"] / np_["ok_rps"], 3)
             rec["destroy_vs_provision_durable"] = round(dd["ok_rps"] / dp["ok_rps"], 3)
+            # Clients that each wait for their answer, all in one batch: nothing overlaps that batch's
+            # sync, so each batch takes what the --fsync never plugin takes for as many requests, plus
+            # the sync.  The ratio cannot pass that ceiling (thread hops and wake-ups come on top).
+            batch = rec.get("syncs_provision", {}).get("per_sync") or c
+            t = batch / np_["ok_rps"] * 1e6
+            rec["ceiling_one_batch"] = round(t / (t + rec["disk_sync_us"]["p50"]), 3)
             rounds.append(rec)
             _print_round(rec)
     finally:
@@ -228,6 +258,11 @@ def _print_round(rec: dict[str, Any]) -> None:
                 f"  {key.replace('_', ' '):18s} {s['changes']} changes,"
                 f" {s['fdatasync']} fdatasync = {s['per_sync']} per sync"
             )
+    d = rec["disk_sync_us"]
+    print(
+        f"  disk: pwrite 4 KiB + fdatasync p50 {d['p50']} µs, p90 {d['p90']} µs; with every client in one batch,"
+        f" durable provision ÷ never cannot pass {rec['ceiling_one_batch']:.2f}×"
+    )
     print(
         f"  durable provision ÷ never {rec['provision_durable_vs_never']:.2f}×;"
         f" durable destroy ÷ durable provision {rec['destroy_vs_provision_durable']:.2f}×"

@@ -431,6 +431,8 @@ class FileStore(Store):
         self._live = 0  # about what the file would take compacted
         self._disk_size = 0  # file size on disk now
         self._writes: list[tuple[int, bytes]] = []
+        self._run: list[bytes] = []  # writes that continue the last one in _writes, not yet joined to it
+        self._run_end = -1  # where the last write queued ends
         self._in_place = False  # the pending batch overwrites more than the closing bytes
         self._relayout_at = -1  # the pending batch moves every element from this offset on
         self._grown: set[str] = set()  # ... because these outgrew their slots
@@ -637,7 +639,10 @@ class FileStore(Store):
             # The comma before this element goes with it; the newline stays.
             self._queue(rec.off - 2, b" \n" + b" " * rec.size)
         else:
-            self._queue(rec.off, b" " * rec.size)
+            # From the newline before it (every element starts a line), so that destroys
+            # oldest first make one run of writes: this one goes on from the comma blanked
+            # by the destroy before it.
+            self._queue(rec.off - 1, b"\n" + b" " * rec.size)
             nxt = next(iter(state.instances.values()), None)
             if nxt is not None:
                 self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
@@ -711,9 +716,28 @@ class FileStore(Store):
     # -- planning writes ----------------------------------------------------------
 
     def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
-        self._writes.append((offset, data))
+        if offset == self._run_end and self._writes:
+            # It goes on where the write before it ends (appends, destroys oldest first):
+            # one write, joined when the batch is cut (_joined_writes).
+            self._run.append(data)
+        else:
+            if self._run:
+                self._join_run()
+            self._writes.append((offset, data))
+        self._run_end = offset + len(data)
         if in_place:
             self._in_place = True
+
+    def _join_run(self) -> None:
+        off, data = self._writes[-1]
+        self._writes[-1] = (off, b"".join([data, *self._run]))
+        self._run = []
+
+    def _joined_writes(self) -> list[tuple[int, bytes]]:
+        """The pending batch's writes, in the order made, each run of adjacent ones joined."""
+        if self._run:
+            self._join_run()
+        return self._writes
 
     def _waiter(self) -> asyncio.Future[None]:
         # One future per batch, shared by all its changes: one completion answers them all.
@@ -777,7 +801,7 @@ class FileStore(Store):
         # leaves the old end (and elements appended before it moved them) as padding.
         reach = self._end  # appends only ever end past it; in-place writes (a relayout) may not
         if self._in_place:
-            reach = max(reach, max((off + len(data) for off, data in self._writes), default=0))
+            reach = max(reach, max((off + len(data) for off, data in self._joined_writes()), default=0))
         if end < reach:
             parts.append(b" " * (reach - end))
         if end + PAD_KEEP > self._size:
@@ -813,7 +837,7 @@ class FileStore(Store):
         doc = _closed(doc)
         self._tip = self._append_from = -1
         self._checked = False
-        self._writes = []
+        self._writes, self._run, self._run_end = [], [], -1
         self._in_place = False
         self._relayout_at = -1
         self._grown.clear()
@@ -873,7 +897,7 @@ class FileStore(Store):
                     await executor.run(loop, self._replace_file, doc)
                 else:
                     self._seal()
-                    writes, self._writes = self._writes, []
+                    writes, self._writes = self._joined_writes(), []
                     append, self._in_place = not self._in_place, False
                     size = self._size
                     if append:
@@ -1030,7 +1054,7 @@ class FileStore(Store):
 
     def _clear_plans(self) -> None:
         """Forget the writes planned for changes that fail: memory is reread from the file."""
-        self._writes = []
+        self._writes, self._run, self._run_end = [], [], -1
         self._in_place = False
         self._tip = self._append_from = -1
         self._checked = True  # not known after a failure: at worst a needless NO_CHECK write later

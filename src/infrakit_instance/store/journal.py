@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 CHUNK = 512
+_ZEROS = bytes(CHUNK)
 _MAGIC = b"IKW2"
 # magic, epoch, seq, dev, ino, old size, new size, region count, chunk count, payload length
 _HEAD = struct.Struct("<4sQIQQQQIII")
@@ -153,15 +154,14 @@ def _chunk_crcs(image: bytes | bytearray, first: int, count: int, base: int) -> 
     """crc32 of ``count`` chunks from chunk ``first``, of ``image`` that starts at byte ``base``,
     each zero-padded to a whole chunk."""
     view = memoryview(image)
+    size = len(image)
     crc32 = zlib.crc32
-    out = []
-    for c in range(first, first + count):
-        lo = c * CHUNK - base
-        piece = view[max(0, lo) : max(0, lo + CHUNK)]
-        crc = crc32(piece)
-        if len(piece) < CHUNK:
-            crc = crc32(bytes(CHUNK - len(piece)), crc)
-        out.append(crc)
+    lo = first * CHUNK - base
+    whole = min(count, max(0, (size - lo) // CHUNK))  # chunks the image holds in full
+    out = [crc32(view[at : at + CHUNK]) for at in range(lo, lo + whole * CHUNK, CHUNK)]
+    for at in range(lo + whole * CHUNK, lo + count * CHUNK, CHUNK):
+        piece = view[at:size] if at < size else b""
+        out.append(crc32(_ZEROS[: CHUNK - len(piece)], crc32(piece)))
     return out
 
 
