@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import errno
 import fcntl
 import io
@@ -302,9 +303,6 @@ def _padding(end: int) -> int:
     return max(_PAD_MIN, end // 8)
 
 
-#: Destroys between rebuilds of the instances' dict (see FileStore.destroy), plus 1/64 of its size.
-_HOLES = 256
-
 #: Append batches in a row that go through the journal before a checkpoint returns to direct appends.
 _JOURNALED_APPENDS = 16
 
@@ -446,7 +444,8 @@ class FileStore(Store):
         self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
-        self._holes = 0  # destroys since the instances' dict was last rebuilt
+        # The live elements in file order, for _head; None: to be made from the state.
+        self._order: collections.deque[Record] | None = None
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
         #: Why the store stopped taking changes (a write it could not undo), or None.
         self.stopped: str | None = None
@@ -554,6 +553,7 @@ class FileStore(Store):
         if loaded.repaired is not None:
             log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
         self._state = state
+        self._order = None
         if end >= 0 and not loaded.trailer:
             log.info("state file %s: adding the batch trailer this version keeps; rewriting it", self.path)
             self._disk_size = size
@@ -614,6 +614,12 @@ class FileStore(Store):
             raise StoreError(f"instance ID {record.id} already exists")
         had_live = len(state) > 0
         state.append(record, tags)
+        order = self._order
+        if order is not None:
+            if len(order) > 2 * len(state) + 1024:  # gone elements pile up behind a long-lived first one
+                self._order = None
+            else:
+                order.append(record)
         elem = record.element() + b" " * _SLACK  # room for labels: most then fit in place
         start = self._tip
         if start < 0:  # the batch's first: right after the last batch's trailer
@@ -632,7 +638,8 @@ class FileStore(Store):
         rec = state.get(instance_id)
         if rec is None:
             raise UnknownInstance(instance_id)
-        first = next(iter(state.instances)) == instance_id
+        head = self._head()
+        first = head is not None and head.id == instance_id
         state.remove(instance_id)
         self._live -= rec.size + 2
         if not first:
@@ -643,17 +650,9 @@ class FileStore(Store):
             # oldest first make one run of writes: this one goes on from the comma blanked
             # by the destroy before it.
             self._queue(rec.off - 1, b"\n" + b" " * rec.size)
-            nxt = next(iter(state.instances.values()), None)
+            nxt = self._head()
             if nxt is not None:
                 self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
-        # A dict keeps the slot of every key popped from it until it grows, and a walk from
-        # its start (``next(iter(...))`` above) steps over each one: destroys oldest first,
-        # InfraKit's order, would make every destroy cost in proportion to those before it.
-        # Rebuilt (in order) once they pile up, a walk steps over a bounded number.
-        self._holes += 1
-        if self._holes > _HOLES + (len(state.instances) >> 6):
-            state.instances = dict(state.instances)
-            self._holes = 0
         self._maybe_compact()
         return self._waiter()
 
@@ -683,6 +682,7 @@ class FileStore(Store):
             if instance_id not in state.nonfunctional:
                 raise UnknownInstance(instance_id)
             state.restore_front(instance_id)
+            self._order = None  # a new first element
         else:
             if instance_id not in state.instances:
                 raise UnknownInstance(instance_id)
@@ -714,6 +714,23 @@ class FileStore(Store):
         return self._waiter()
 
     # -- planning writes ----------------------------------------------------------
+
+    def _head(self) -> Record | None:
+        """The first live element.  A walk of the instances' dict from its start steps over
+        the slot of every key popped from it since it last grew, and destroys come oldest
+        first (InfraKit's order): each would cost in proportion to the ones before it.  This
+        queue of the elements in file order drops each gone one once instead."""
+        order = self._order
+        instances = self._state.instances
+        if order is None:
+            order = self._order = collections.deque(instances.values())
+        while order:
+            rec = order[0]
+            live = instances.get(rec.id)
+            if live is not None and live.pos == rec.pos:  # the same element (a label replaces the record)
+                return live
+            order.popleft()
+        return None
 
     def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
         if offset == self._run_end and self._writes:
@@ -762,7 +779,7 @@ class FileStore(Store):
             return
         # The element at `start` may be gone (destroyed in this batch, its comma
         # blanked): the first one written gets a comma if any element precedes it.
-        first = next(iter(self._state.instances.values()), None)  # the live elements are in file order
+        first = self._head()  # the live elements are in file order
         before = first is not None and first.off < start
         origin = start - 2 if before else start
         parts = []
@@ -1051,6 +1068,7 @@ class FileStore(Store):
             log.error("state file %s: cannot reread the file after the store stopped: %s", self.path, exc)
             return
         self._state = loaded.state
+        self._order = None
 
     def _clear_plans(self) -> None:
         """Forget the writes planned for changes that fail: memory is reread from the file."""
@@ -1091,6 +1109,7 @@ class FileStore(Store):
             self._rewrite = True  # a repaired or foreign document: write it anew
             end = len(data)
         self._state = state
+        self._order = None
         self._end, self._size = end, len(data)
         self._disk_size = len(data)
         self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
