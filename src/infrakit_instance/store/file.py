@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import errno
 import fcntl
 import io
 import logging
 import os
+import queue
 import stat
+import threading
 import zlib
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,6 +347,62 @@ def _holder(dev: int, ino: int) -> str:
     return "another process"
 
 
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class _WriterThread:
+    """The store's one I/O thread: each call runs there, in order, and its future is
+    settled on the loop.  Lighter than ``run_in_executor`` on a thread pool (no
+    concurrent future chained to an asyncio one): two thread hops a batch are the
+    writer's whole price, and on a virtual machine each costs tens of microseconds."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._thread is None:
+            # A daemon: a batch cut short by the interpreter's exit was never answered.
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        fut = loop.create_future()
+        self._calls.put((loop, fut, fn, args))
+        return fut
+
+    def _serve(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            loop, fut, fn, args = call
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:  # handed to the awaiting coroutine, like run_in_executor
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, exc)
+            except RuntimeError:  # the loop is closed: nobody waits for the answer
+                pass
+            del call, fut, result, exc
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the thread once the calls made so far are done."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._calls.put(None)
+            if wait:
+                thread.join()
+
+
 class FileStore(Store):
     """The state as one JSON file, changed in place under a redo journal."""
 
@@ -360,7 +418,7 @@ class FileStore(Store):
         self._spare = -1  # a descriptor kept in reserve for whole-file rewrites
         self._dev = self._ino = 0
         self._journal: Journal | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="infrakit-store")
+        self._executor = _WriterThread("infrakit-store")
         self._end = 0  # where the document ends once every pending write is made
         # The pending batch's appended elements end here (-1: none); its tail (the trailer
         # and the closing bytes) is written there when the batch is cut (_seal).
@@ -371,6 +429,8 @@ class FileStore(Store):
         self._live = 0  # about what the file would take compacted
         self._disk_size = 0  # file size on disk now
         self._writes: list[tuple[int, bytes]] = []
+        self._run: list[bytes] = []  # writes that continue the last one in _writes, not yet joined to it
+        self._run_end = -1  # where the last write queued ends
         self._in_place = False  # the pending batch overwrites more than the closing bytes
         self._relayout_at = -1  # the pending batch moves every element from this offset on
         self._grown: set[str] = set()  # ... because these outgrew their slots
@@ -384,6 +444,8 @@ class FileStore(Store):
         self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
+        # The live elements in file order, for _head; None: to be made from the state.
+        self._order: collections.deque[Record] | None = None
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
         #: Why the store stopped taking changes (a write it could not undo), or None.
         self.stopped: str | None = None
@@ -491,6 +553,7 @@ class FileStore(Store):
         if loaded.repaired is not None:
             log.warning("state file %s: the last append was cut short by a crash; cutting it back", self.path)
         self._state = state
+        self._order = None
         if end >= 0 and not loaded.trailer:
             log.info("state file %s: adding the batch trailer this version keeps; rewriting it", self.path)
             self._disk_size = size
@@ -551,6 +614,12 @@ class FileStore(Store):
             raise StoreError(f"instance ID {record.id} already exists")
         had_live = len(state) > 0
         state.append(record, tags)
+        order = self._order
+        if order is not None:
+            if len(order) > 2 * len(state) + 1024:  # gone elements pile up behind a long-lived first one
+                self._order = None
+            else:
+                order.append(record)
         elem = record.element() + b" " * _SLACK  # room for labels: most then fit in place
         start = self._tip
         if start < 0:  # the batch's first: right after the last batch's trailer
@@ -569,15 +638,19 @@ class FileStore(Store):
         rec = state.get(instance_id)
         if rec is None:
             raise UnknownInstance(instance_id)
-        first = next(iter(state.instances)) == instance_id
+        head = self._head()
+        first = head is not None and head.id == instance_id
         state.remove(instance_id)
         self._live -= rec.size + 2
         if not first:
             # The comma before this element goes with it; the newline stays.
             self._queue(rec.off - 2, b" \n" + b" " * rec.size)
         else:
-            self._queue(rec.off, b" " * rec.size)
-            nxt = next(iter(state.instances.values()), None)
+            # From the newline before it (every element starts a line), so that destroys
+            # oldest first make one run of writes: this one goes on from the comma blanked
+            # by the destroy before it.
+            self._queue(rec.off - 1, b"\n" + b" " * rec.size)
+            nxt = self._head()
             if nxt is not None:
                 self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
         self._maybe_compact()
@@ -609,6 +682,7 @@ class FileStore(Store):
             if instance_id not in state.nonfunctional:
                 raise UnknownInstance(instance_id)
             state.restore_front(instance_id)
+            self._order = None  # a new first element
         else:
             if instance_id not in state.instances:
                 raise UnknownInstance(instance_id)
@@ -641,10 +715,46 @@ class FileStore(Store):
 
     # -- planning writes ----------------------------------------------------------
 
+    def _head(self) -> Record | None:
+        """The first live element.  A walk of the instances' dict from its start steps over
+        the slot of every key popped from it since it last grew, and destroys come oldest
+        first (InfraKit's order): each would cost in proportion to the ones before it.  This
+        queue of the elements in file order drops each gone one once instead."""
+        order = self._order
+        instances = self._state.instances
+        if order is None:
+            order = self._order = collections.deque(instances.values())
+        while order:
+            rec = order[0]
+            live = instances.get(rec.id)
+            if live is not None and live.pos == rec.pos:  # the same element (a label replaces the record)
+                return live
+            order.popleft()
+        return None
+
     def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
-        self._writes.append((offset, data))
+        if offset == self._run_end and self._writes:
+            # It goes on where the write before it ends (appends, destroys oldest first):
+            # one write, joined when the batch is cut (_joined_writes).
+            self._run.append(data)
+        else:
+            if self._run:
+                self._join_run()
+            self._writes.append((offset, data))
+        self._run_end = offset + len(data)
         if in_place:
             self._in_place = True
+
+    def _join_run(self) -> None:
+        off, data = self._writes[-1]
+        self._writes[-1] = (off, b"".join([data, *self._run]))
+        self._run = []
+
+    def _joined_writes(self) -> list[tuple[int, bytes]]:
+        """The pending batch's writes, in the order made, each run of adjacent ones joined."""
+        if self._run:
+            self._join_run()
+        return self._writes
 
     def _waiter(self) -> asyncio.Future[None]:
         # One future per batch, shared by all its changes: one completion answers them all.
@@ -669,7 +779,7 @@ class FileStore(Store):
             return
         # The element at `start` may be gone (destroyed in this batch, its comma
         # blanked): the first one written gets a comma if any element precedes it.
-        first = next(iter(self._state.instances.values()), None)  # the live elements are in file order
+        first = self._head()  # the live elements are in file order
         before = first is not None and first.off < start
         origin = start - 2 if before else start
         parts = []
@@ -708,7 +818,7 @@ class FileStore(Store):
         # leaves the old end (and elements appended before it moved them) as padding.
         reach = self._end  # appends only ever end past it; in-place writes (a relayout) may not
         if self._in_place:
-            reach = max(reach, max((off + len(data) for off, data in self._writes), default=0))
+            reach = max(reach, max((off + len(data) for off, data in self._joined_writes()), default=0))
         if end < reach:
             parts.append(b" " * (reach - end))
         if end + PAD_KEEP > self._size:
@@ -744,7 +854,7 @@ class FileStore(Store):
         doc = _closed(doc)
         self._tip = self._append_from = -1
         self._checked = False
-        self._writes = []
+        self._writes, self._run, self._run_end = [], [], -1
         self._in_place = False
         self._relayout_at = -1
         self._grown.clear()
@@ -762,7 +872,7 @@ class FileStore(Store):
 
         A batch is planned here, on the event loop; its durable I/O (journal
         record, writes, sync, checkpoint, rewrite) runs on the store's one
-        executor thread, while the loop keeps taking changes into the next
+        writer thread (:class:`_WriterThread`), while the loop keeps taking changes into the next
         batch (pipelined group commit).  A batch is answered once its I/O is
         done; the next one's I/O starts only after that.  Without syncs there
         is nothing to wait for: the writes are made inline (and so they are for a
@@ -801,18 +911,21 @@ class FileStore(Store):
             try:
                 if self._rewrite:
                     doc = self._plan_rewrite()
-                    await loop.run_in_executor(executor, self._replace_file, doc)
+                    await executor.run(loop, self._replace_file, doc)
                 else:
                     self._seal()
-                    writes, self._writes = self._writes, []
+                    writes, self._writes = self._joined_writes(), []
                     append, self._in_place = not self._in_place, False
                     size = self._size
-                    regions = _merge(writes, size)
-                    if append and self._append_from >= 0:
-                        regions = self._sign(regions)
+                    if append:
+                        regions = _merge(writes, size)
+                        if self._append_from >= 0:
+                            regions = self._sign(regions)
+                    else:  # journaled: the journal joins the writes chunk by chunk (Journal.log)
+                        regions = [Region(off, data[: size - off]) for off, data in writes if off < size]
                     self._append_from = -1
                     if overlap:
-                        await loop.run_in_executor(executor, self._commit, regions, append, size)
+                        await executor.run(loop, self._commit, regions, append, size)
                     else:
                         self._commit(regions, append, size)
             except OSError as exc:
@@ -825,12 +938,12 @@ class FileStore(Store):
             if self.stopped is None and self._journal is not None and not self._journal.empty:
                 if self._journal.full or self._appends >= _JOURNALED_APPENDS:
                     if overlap:
-                        await loop.run_in_executor(executor, self._checkpoint)
+                        await executor.run(loop, self._checkpoint)
                     else:
                         self._checkpoint()
 
     def _commit(self, regions: list[Region], append: bool, new_size: int) -> None:
-        """Make one batch durable with one sync (on the executor thread when syncs are on)."""
+        """Make one batch durable with one sync (on the writer thread when syncs are on)."""
         journal = self._journal
         assert journal is not None
         old_size = self._disk_size
@@ -955,10 +1068,11 @@ class FileStore(Store):
             log.error("state file %s: cannot reread the file after the store stopped: %s", self.path, exc)
             return
         self._state = loaded.state
+        self._order = None
 
     def _clear_plans(self) -> None:
         """Forget the writes planned for changes that fail: memory is reread from the file."""
-        self._writes = []
+        self._writes, self._run, self._run_end = [], [], -1
         self._in_place = False
         self._tip = self._append_from = -1
         self._checked = True  # not known after a failure: at worst a needless NO_CHECK write later
@@ -995,6 +1109,7 @@ class FileStore(Store):
             self._rewrite = True  # a repaired or foreign document: write it anew
             end = len(data)
         self._state = state
+        self._order = None
         self._end, self._size = end, len(data)
         self._disk_size = len(data)
         self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
@@ -1003,9 +1118,17 @@ class FileStore(Store):
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
     """Coalesce a batch's writes into disjoint regions; a later write wins where
     they overlap, and nothing lands past ``end`` (a relayout may have shrunk it)."""
-    if len(writes) == 1:
-        off, data = writes[0]
-        return [Region(off, data[: end - off])]
+    if len(writes) <= 1:
+        return [Region(off, data[: end - off]) for off, data in writes if off < end]
+    # An append batch's writes follow one another: one region, joined.
+    pos = writes[0][0]
+    for off, data in writes:
+        if off != pos:
+            break
+        pos += len(data)
+    else:
+        start = writes[0][0]
+        return [Region(start, b"".join([d for _, d in writes])[: end - start])] if start < end else []
     spans: list[list[int]] = []
     for off, data in sorted(writes, key=lambda w: w[0]):
         stop = off + len(data)

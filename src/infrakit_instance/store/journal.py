@@ -32,6 +32,7 @@ file is right as it is.  A clean shutdown removes the journal.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import zlib
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 CHUNK = 512
+_ZEROS = bytes(CHUNK)
 _MAGIC = b"IKW2"
 # magic, epoch, seq, dev, ino, old size, new size, region count, chunk count, payload length
 _HEAD = struct.Struct("<4sQIQQQQIII")
@@ -87,7 +89,9 @@ class JournalRecord:
     chunks: list[tuple[int, int, int]]  # chunk index, crc of its bytes before, after
 
     def encode(self) -> bytes:
-        parts = [_REGION.pack(off, len(data)) + data for off, data in self.regions]
+        parts: list[bytes] = []
+        for off, data in self.regions:
+            parts += (_REGION.pack(off, len(data)), data)
         parts += [_CHUNKS.pack(*c) for c in self.chunks]
         payload = b"".join(parts)
         head = _HEAD.pack(
@@ -146,28 +150,29 @@ def read_records(raw: bytes) -> list[JournalRecord]:
         out.append(rec)
 
 
-def _chunk_crcs(image: bytes | bytearray | memoryview, first: int, count: int, base: int) -> list[int]:
+def _chunk_crcs(image: bytes | bytearray, first: int, count: int, base: int) -> list[int]:
     """crc32 of ``count`` chunks from chunk ``first``, of ``image`` that starts at byte ``base``,
     each zero-padded to a whole chunk."""
-    out = []
-    for c in range(first, first + count):
-        lo = c * CHUNK - base
-        piece = bytes(image[lo : lo + CHUNK])
-        if len(piece) < CHUNK:
-            piece += bytes(CHUNK - len(piece))
-        out.append(zlib.crc32(piece))
+    view = memoryview(image)
+    size = len(image)
+    crc32 = zlib.crc32
+    lo = first * CHUNK - base
+    whole = min(count, max(0, (size - lo) // CHUNK))  # chunks the image holds in full
+    out = [crc32(view[at : at + CHUNK]) for at in range(lo, lo + whole * CHUNK, CHUNK)]
+    for at in range(lo + whole * CHUNK, lo + count * CHUNK, CHUNK):
+        piece = view[at:size] if at < size else b""
+        out.append(crc32(_ZEROS[: CHUNK - len(piece)], crc32(piece)))
     return out
 
 
 def _spans(regions: list[Region]) -> list[tuple[int, int]]:
-    """Chunk ranges (first, count) the regions write, merged."""
+    """Chunk ranges (first, count) the regions write (in any order, overlapping or not), merged."""
+    ranges = sorted((r.offset // CHUNK, (r.offset + len(r.data) - 1) // CHUNK + 1) for r in regions if r.data)
     spans: list[list[int]] = []
-    for r in regions:
-        if not r.data:
-            continue
-        a, b = r.offset // CHUNK, (r.offset + len(r.data) - 1) // CHUNK + 1
+    for a, b in ranges:
         if spans and a <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], b)
+            if b > spans[-1][1]:
+                spans[-1][1] = b
         else:
             spans.append([a, b])
     return [(a, b - a) for a, b in spans]
@@ -198,35 +203,43 @@ class Journal:
     ) -> list[Region]:
         """Append the batch as a record and sync the journal: from then on the batch is durable.
         If that fails the record is cleared again (or :class:`JournalStuck` says it could not be).
+        ``regions``: the batch's writes, in the order they were made (a later one wins where
+        they overlap).
 
         The regions to write into the state file: those given, joined where they share a
         chunk (the bytes between them as the file holds them), so that the batch writes
         each chunk once.  A chunk written twice could reach the disk between the two
         writes, in a state no record names, and the journal would no longer match it."""
-        chunks = []
+        chunks: list[tuple[int, int, int]] = []
         joined: list[Region] = []
-        for first, count in _spans(regions):
-            base = first * CHUNK
-            old = os.pread(data_fd, count * CHUNK, base) if base < old_size else b""
-            old = old[: max(0, old_size - base)]
+        spans = _spans(regions)
+        # Each region lies in one span: the span that starts at or before it, found by bisection.
+        starts = [first * CHUNK for first, _ in spans]
+        mine: list[list[Region]] = [[] for _ in spans]
+        for r in regions:  # in the batch's order: a later write wins where they overlap
+            if r.data:
+                mine[bisect.bisect_right(starts, r.offset) - 1].append(r)
+        for (first, count), base, placed in zip(spans, starts, mine, strict=True):
+            old = os.pread(data_fd, min(count * CHUNK, old_size - base), base) if base < old_size else b""
             new = bytearray(old)
             start, stop = count * CHUNK, 0  # what the span's regions cover, from base
-            for r in regions:
-                lo, hi = r.offset - base, r.offset + len(r.data) - base
-                if hi <= 0 or lo >= count * CHUNK:
-                    continue  # another span's (spans never split a region)
+            for r in placed:
+                lo = r.offset - base
+                hi = lo + len(r.data)
                 if len(new) < hi:
                     new.extend(bytes(hi - len(new)))
                 new[lo:hi] = r.data
-                if r.data:
-                    start, stop = min(start, lo), max(stop, hi)
+                if lo < start:
+                    start = lo
+                if hi > stop:
+                    stop = hi
             del new[max(0, new_size - base) :]
             stop = min(stop, new_size - base)
             if stop > start:
                 joined.append(Region(base + start, bytes(new[start:stop])))
             before = _chunk_crcs(old, first, count, base)
             after = _chunk_crcs(new, first, count, base)
-            chunks += [(first + i, before[i], after[i]) for i in range(count)]
+            chunks += zip(range(first, first + count), before, after, strict=True)
         rec = JournalRecord(
             self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in joined], chunks
         )
