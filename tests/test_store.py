@@ -779,3 +779,25 @@ def test_an_element_that_grows_and_is_destroyed_in_one_batch(tmp_path: Path) -> 
         await store.close()
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"ID":"a"}' + trailer.encode(10, 0xDEADBEEF) + b"\n",
+        b'{"ID":"a"}' + trailer.NO_CHECK + b"    \n",
+        b'{"ID":"a"}\r' + b" " * 64 + b"\n",  # one byte short of a trailer
+        b'{"ID":"a"}\r' + b" " * 63 + b"x\r\n",  # a byte that is no bit
+        b'{"ID":"a"}\r' + b"\t" * 64 + b"\r",
+        b'{"ID":"a"}\r\n',
+        b'{"ID":"a"}\n',
+    ],
+)
+def test_a_line_loses_exactly_the_trailer_decode_reads(line: bytes) -> None:
+    i = line.find(b"\r")
+    is_one = i >= 0 and trailer.decode(line[i : i + trailer.SIZE]) is not None
+    stripped, at = trailer.strip(line)
+    if is_one:
+        assert (stripped, at) == (line[:i] + line[i + trailer.SIZE :], i)
+    else:
+        assert (stripped, at) == (line, -1)

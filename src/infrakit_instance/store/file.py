@@ -223,7 +223,8 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
         start = pos
         pos += len(line)
         # A batch's trailer follows its last element's room (never part of the slot).
-        line = _strip_trailer(line)[0]
+        if b"\r" in line:
+            line = _strip_trailer(line)[0]
         if end >= 0:
             if line.strip(b" "):  # only padding may follow the document
                 return None

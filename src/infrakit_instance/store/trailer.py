@@ -73,8 +73,8 @@ def place(pos: int) -> int:
 def strip(line: bytes) -> tuple[bytes, int]:
     """A line without the trailer it holds, and where the trailer was (-1: none)."""
     i = line.find(b"\r")
-    if i < 0 or decode(line[i : i + SIZE]) is None:
-        return line, -1
+    if i < 0 or line[i + SIZE - 1 : i + SIZE] != b"\r" or line[i + 1 : i + SIZE - 1].strip(_WS):
+        return line, -1  # what decode() would not read as a trailer (its bits are not needed here)
     return line[:i] + line[i + SIZE :], i
 
 
