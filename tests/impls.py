@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 IMPLEMENTATIONS = {"compiled": "_c", "pure": "_py"}
-MODULES = ("_http", "_rpc", "_codec", "_conn")
+MODULES = ("_http", "_rpc", "_codec", "_conn", "_batch")
 OPTION = "--no-extensions"
 
 

@@ -11,29 +11,30 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "codec", "conn", "http", "rpc"]
+__all__ = ["IMPLEMENTATION", "batch", "codec", "conn", "http", "rpc"]
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _select() -> tuple[str, ModuleType, ModuleType, ModuleType, ModuleType]:
+def _select() -> tuple[str, ModuleType, ModuleType, ModuleType, ModuleType, ModuleType]:
     if not _flag("INFRAKIT_INSTANCE_NO_EXTENSIONS"):
         try:
-            from . import _codec_c, _conn_c, _http_c, _rpc_c
+            from . import _batch_c, _codec_c, _conn_c, _http_c, _rpc_c
         except ImportError:
             if _flag("INFRAKIT_INSTANCE_REQUIRE_EXTENSIONS"):
                 raise
         else:
-            return "compiled", _codec_c, _conn_c, _http_c, _rpc_c
-    from . import _codec_py, _conn_py, _http_py, _rpc_py
+            return "compiled", _batch_c, _codec_c, _conn_c, _http_c, _rpc_c
+    from . import _batch_py, _codec_py, _conn_py, _http_py, _rpc_py
 
-    return "pure", _codec_py, _conn_py, _http_py, _rpc_py
+    return "pure", _batch_py, _codec_py, _conn_py, _http_py, _rpc_py
 
 
 if TYPE_CHECKING:
     # Both twins have the same names and types: check callers against the pure ones.
+    from . import _batch_py as batch
     from . import _codec_py as codec
     from . import _conn_py as conn
     from . import _http_py as http
@@ -41,4 +42,4 @@ if TYPE_CHECKING:
 
     IMPLEMENTATION: str
 else:
-    IMPLEMENTATION, codec, conn, http, rpc = _select()
+    IMPLEMENTATION, batch, codec, conn, http, rpc = _select()

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from .._impl import codec
+from .._impl import batch, codec
 from ..state import Record, State, StateError
 from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .damage import PAD_KEEP, diagnose
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 _TAIL = codec.TAIL
 _COMPACT_MIN = 1 << 20  # don't bother compacting files smaller than this
 _PAD_MIN = 64 * 1024
-_SLACK = 32  # spaces after each element, so that most labels rewrite it where it stands
+_SLACK = batch.SLACK  # spaces after each element, so that most labels rewrite it where it stands
 
 
 def parse_state(data: bytes, path: str) -> State:
@@ -312,6 +312,9 @@ class StoreStopped(StoreError):
     """The store stopped taking changes after a write it could not undo."""
 
 
+batch.use(StoreStopped, StoreError, UnknownInstance)
+
+
 def _makedirs(path: str) -> None:
     """Create missing directories, each 0700."""
     if os.path.isdir(path):
@@ -404,7 +407,7 @@ class _WriterThread:
                 thread.join()
 
 
-class FileStore(Store):
+class FileStore(batch.Core, Store):
     """The state as one JSON file, changed in place under a redo journal."""
 
     def __init__(self, path: str, fsync: bool = True, compact_ratio: float = 2.0, disk: Disk | None = None) -> None:
@@ -603,59 +606,8 @@ class FileStore(Store):
                 setattr(self, attr, -1)
 
     # -- changes ----------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self.stopped is not None:
-            raise StoreStopped(self.stopped)
-
-    def provision(self, record: Record, tags: dict[str, str]) -> asyncio.Future[None]:
-        self._check()
-        state = self._state
-        if state.known(record.id):
-            raise StoreError(f"instance ID {record.id} already exists")
-        had_live = len(state) > 0
-        state.append(record, tags)
-        order = self._order
-        if order is not None:
-            if len(order) > 2 * len(state) + 1024:  # gone elements pile up behind a long-lived first one
-                self._order = None
-            else:
-                order.append(record)
-        elem = record.element() + b" " * _SLACK  # room for labels: most then fit in place
-        start = self._tip
-        if start < 0:  # the batch's first: right after the last batch's trailer
-            start = self._append_from = self._end - len(_TAIL)
-        sep = b",\n" if had_live else b"\n"
-        record.off = start + len(sep)
-        record.size = len(elem)
-        self._queue(start, sep + elem, in_place=False)
-        self._tip = start + len(sep) + len(elem)
-        self._live += len(sep) + len(elem)
-        return self._waiter()
-
-    def destroy(self, instance_id: str) -> asyncio.Future[None]:
-        self._check()
-        state = self._state
-        rec = state.get(instance_id)
-        if rec is None:
-            raise UnknownInstance(instance_id)
-        head = self._head()
-        first = head is not None and head.id == instance_id
-        state.remove(instance_id)
-        self._live -= rec.size + 2
-        if not first:
-            # The comma before this element goes with it; the newline stays.
-            self._queue(rec.off - 2, b" \n" + b" " * rec.size)
-        else:
-            # From the newline before it (every element starts a line), so that destroys
-            # oldest first make one run of writes: this one goes on from the comma blanked
-            # by the destroy before it.
-            self._queue(rec.off - 1, b"\n" + b" " * rec.size)
-            nxt = self._head()
-            if nxt is not None:
-                self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
-        self._maybe_compact()
-        return self._waiter()
+    # provision and destroy, and the pending batch's writes and future (_queue, _waiter,
+    # _head), are the core's (batch.Core: _batch_c, twin _batch_py).
 
     def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
         self._check()
@@ -715,60 +667,6 @@ class FileStore(Store):
         return self._waiter()
 
     # -- planning writes ----------------------------------------------------------
-
-    def _head(self) -> Record | None:
-        """The first live element.  A walk of the instances' dict from its start steps over
-        the slot of every key popped from it since it last grew, and destroys come oldest
-        first (InfraKit's order): each would cost in proportion to the ones before it.  This
-        queue of the elements in file order drops each gone one once instead."""
-        order = self._order
-        instances = self._state.instances
-        if order is None:
-            order = self._order = collections.deque(instances.values())
-        while order:
-            rec = order[0]
-            live = instances.get(rec.id)
-            if live is not None and live.pos == rec.pos:  # the same element (a label replaces the record)
-                return live
-            order.popleft()
-        return None
-
-    def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
-        if offset == self._run_end and self._writes:
-            # It goes on where the write before it ends (appends, destroys oldest first):
-            # one write, joined when the batch is cut (_joined_writes).
-            self._run.append(data)
-        else:
-            if self._run:
-                self._join_run()
-            self._writes.append((offset, data))
-        self._run_end = offset + len(data)
-        if in_place:
-            self._in_place = True
-
-    def _join_run(self) -> None:
-        off, data = self._writes[-1]
-        self._writes[-1] = (off, b"".join([data, *self._run]))
-        self._run = []
-
-    def _joined_writes(self) -> list[tuple[int, bytes]]:
-        """The pending batch's writes, in the order made, each run of adjacent ones joined."""
-        if self._run:
-            self._join_run()
-        return self._writes
-
-    def _waiter(self) -> asyncio.Future[None]:
-        # One future per batch, shared by all its changes: one completion answers them all.
-        self._changes += 1
-        if self._gather is not None and self._changes >= self._want:
-            self._gather.set()
-        fut = self._batch
-        if fut is None:
-            fut = self._batch = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            assert self._wake is not None
-            self._wake.set()
-        return fut
 
     def _relayout(self) -> None:
         """Rewrite every element from the first one that grew out of its slot to

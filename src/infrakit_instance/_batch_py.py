@@ -1,0 +1,183 @@
+"""The file store's pending batch: a change taken into it (pure twin of ``_batch_c``).
+
+:class:`Core` is the base of :class:`~infrakit_instance.store.file.FileStore`.  It
+holds what every change reads and writes (the pending writes, the document's end,
+the batch's future) and does the per-change work of the common changes: a provision
+appended to the array and a destroy blanked in place, queued as the writes the batch
+will make.  The batch is cut, made durable and answered by the store's writer
+(``FileStore._write_loop``); the rare changes are the store's own methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING, Any
+
+from ._codec_py import TAIL
+
+if TYPE_CHECKING:
+    from .state import State
+
+__all__ = ["SLACK", "Core", "use"]
+
+#: Spaces after each element, so that most labels rewrite it where it stands.
+SLACK = 32
+_PAD = b" " * SLACK
+_TAIL_LEN = len(TAIL)
+
+# The store's errors (``store.file`` imports this module's twin, so it hands them over once, with use()).
+_Stopped: Any = None
+_Error: Any = None
+_Unknown: Any = None
+
+
+def use(stopped: type, error: type, unknown: type) -> None:
+    """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``."""
+    global _Stopped, _Error, _Unknown
+    _Stopped, _Error, _Unknown = stopped, error, unknown
+
+
+class Core:
+    """What a change does to the pending batch; the attributes are set by the store."""
+
+    _state: State
+    _order: collections.deque[Any] | None
+    _gather: asyncio.Event | None
+    _batch: asyncio.Future[None] | None
+    _wake: asyncio.Event | None
+    stopped: str | None
+    _writes: list[tuple[int, bytes]]
+    _run: list[bytes]
+    _waiters: list[asyncio.Future[None]]
+    _tip: int
+    _end: int
+    _append_from: int
+    _live: int
+    _run_end: int
+    _changes: int
+    _want: int
+    _in_place: bool
+
+    def _check(self) -> None:
+        if self.stopped is not None:
+            raise _Stopped(self.stopped)
+
+    def provision(self, record: Any, tags: dict[str, str]) -> asyncio.Future[None]:
+        if self.stopped is not None:
+            raise _Stopped(self.stopped)
+        state = self._state
+        instance_id = record.id
+        if state.known(instance_id):
+            raise _Error(f"instance ID {instance_id} already exists")
+        had_live = len(state) > 0
+        state.append(record, tags)
+        order = self._order
+        if order is not None:
+            if len(order) > 2 * len(state) + 1024:  # gone elements pile up behind a long-lived first one
+                self._order = None
+            else:
+                order.append(record)
+        spec = record.spec
+        if spec is None:
+            elem = record.brief + _PAD  # room for labels: most then fit in place
+        else:
+            elem = b"".join((record.brief[:-1], b',"Properties":', spec, b"}", _PAD))
+        start = self._tip
+        if start < 0:  # the batch's first: right after the last batch's trailer
+            start = self._append_from = self._end - _TAIL_LEN
+        size = len(elem)
+        if had_live:
+            record.off = start + 2
+            self._queue(start, b",\n" + elem, False)
+            self._tip = start + 2 + size
+            self._live += 2 + size
+        else:
+            record.off = start + 1
+            self._queue(start, b"\n" + elem, False)
+            self._tip = start + 1 + size
+            self._live += 1 + size
+        record.size = size
+        return self._waiter()
+
+    def destroy(self, instance_id: str) -> asyncio.Future[None]:
+        if self.stopped is not None:
+            raise _Stopped(self.stopped)
+        state = self._state
+        rec = state.get(instance_id)
+        if rec is None:
+            raise _Unknown(instance_id)
+        head = self._head()
+        first = head is not None and head.id == instance_id
+        state.remove(instance_id)
+        self._live -= rec.size + 2
+        if not first:
+            # The comma before this element goes with it; the newline stays.
+            self._queue(rec.off - 2, b" \n" + b" " * rec.size)
+        else:
+            # From the newline before it (every element starts a line), so that destroys
+            # oldest first make one run of writes: this one goes on from the comma blanked
+            # by the destroy before it.
+            self._queue(rec.off - 1, b"\n" + b" " * rec.size)
+            nxt = self._head()
+            if nxt is not None:
+                self._queue(nxt.off - 2, b" ")  # the new first element has no comma before it
+        self._maybe_compact()
+        return self._waiter()
+
+    def _maybe_compact(self) -> None:  # the store's
+        raise NotImplementedError
+
+    def _head(self) -> Any:
+        """The first live element.  A walk of the instances' dict from its start steps over
+        the slot of every key popped from it since it last grew, and destroys come oldest
+        first (InfraKit's order): each would cost in proportion to the ones before it.  This
+        queue of the elements in file order drops each gone one once instead."""
+        order = self._order
+        instances = self._state.instances
+        if order is None:
+            order = self._order = collections.deque(instances.values())
+        while order:
+            rec = order[0]
+            live = instances.get(rec.id)
+            if live is not None and live.pos == rec.pos:  # the same element (a label replaces the record)
+                return live
+            order.popleft()
+        return None
+
+    def _queue(self, offset: int, data: bytes, in_place: bool = True) -> None:
+        if offset == self._run_end and self._writes:
+            # It goes on where the write before it ends (appends, destroys oldest first):
+            # one write, joined when the batch is cut (_joined_writes).
+            self._run.append(data)
+        else:
+            if self._run:
+                self._join_run()
+            self._writes.append((offset, data))
+        self._run_end = offset + len(data)
+        if in_place:
+            self._in_place = True
+
+    def _join_run(self) -> None:
+        off, data = self._writes[-1]
+        self._writes[-1] = (off, b"".join([data, *self._run]))
+        self._run = []
+
+    def _joined_writes(self) -> list[tuple[int, bytes]]:
+        """The pending batch's writes, in the order made, each run of adjacent ones joined."""
+        if self._run:
+            self._join_run()
+        return self._writes
+
+    def _waiter(self) -> asyncio.Future[None]:
+        # One future per batch, shared by all its changes: one completion answers them all.
+        self._changes += 1
+        if self._gather is not None and self._changes >= self._want:
+            self._gather.set()
+        fut = self._batch
+        if fut is None:
+            fut = self._batch = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            assert self._wake is not None
+            self._wake.set()
+        return fut
