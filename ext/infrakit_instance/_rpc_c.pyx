@@ -28,6 +28,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
@@ -941,11 +942,11 @@ cdef class DispatchCore:
                             return self._fail(id_json, name, exc)
                         if isinstance(result, bytes):
                             return _encode_result(id_json, result)
-                        if _pending_type is not None and type(result) is _pending_type:
+                        if type(result) is _pending_type and isinstance(result, PendingCore):
                             # what Dispatcher._wrap does to a Pending, in place
-                            result.answer = _encode_result(id_json, result.answer)
-                            result.id_json = id_json
-                            result.method = name
+                            (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
+                            (<PendingCore>result).id_json = id_json
+                            (<PendingCore>result).method = name
                             return result
                         return self._wrap(result, id_json, name)
         return self._rest(doc, body, False)
@@ -1005,3 +1006,29 @@ def provision_params(params):
         if not ok:
             raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
     return _EMPTY_TYPE, spec, tags, logical_id
+
+
+cdef class PendingCore:
+    """What ``rpc.Pending`` holds (``done``, ``answer``, ``id_json``, ``method``), and its
+    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others."""
+
+    cdef public object done
+    cdef public object answer
+    cdef public object id_json
+    cdef public object method
+
+    def __init__(self, done, answer, id_json=None, method=None):
+        self.done = done
+        self.answer = answer
+        self.id_json = id_json
+        self.method = method
+
+    def _failed(self):
+        raise NotImplementedError
+
+    def settle(self):
+        """The response, once ``done`` is: the answer, or the error the change failed with."""
+        cdef object done = self.done
+        if not done.cancelled() and done.exception() is None:
+            return self.answer
+        return self._failed()

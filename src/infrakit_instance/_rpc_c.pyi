@@ -12,6 +12,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
@@ -76,3 +77,12 @@ class DispatchCore:
     def handle(self, body: bytes) -> Any: ...
 
 def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dict[str, str], str | None]: ...
+
+class PendingCore:
+    done: Any
+    answer: bytes
+    id_json: bytes | None
+    method: str | None
+    def __init__(self, done: Any, answer: bytes, id_json: bytes | None = None, method: str | None = None) -> None: ...
+    def _failed(self) -> bytes: ...
+    def settle(self) -> bytes: ...

@@ -24,6 +24,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
@@ -505,3 +506,26 @@ def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dic
     ):
         raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
     return type_json, spec, tags, logical_id
+
+
+class PendingCore:
+    """What ``rpc.Pending`` holds (``done``, ``answer``, ``id_json``, ``method``), and its
+    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others."""
+
+    __slots__ = ("answer", "done", "id_json", "method")
+
+    def __init__(self, done: Any, answer: bytes, id_json: bytes | None = None, method: str | None = None) -> None:
+        self.done = done
+        self.answer = answer
+        self.id_json = id_json
+        self.method = method
+
+    def _failed(self) -> bytes:
+        raise NotImplementedError
+
+    def settle(self) -> bytes:
+        """The response, once ``done`` is: the answer, or the error the change failed with."""
+        done = self.done
+        if not done.cancelled() and done.exception() is None:
+            return self.answer
+        return self._failed()

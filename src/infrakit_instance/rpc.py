@@ -52,33 +52,25 @@ class Parts(tuple):  # type: ignore[type-arg]
         return b"".join(tuple.__iter__(self))
 
 
-class Pending:
+class Pending(envelope.PendingCore):
     """An answer that waits for a change to be durable.
 
     ``done`` is the store's future, shared by every change of a batch (so one
     completion answers them all): wait on it, never cancel it.  ``answer`` is
     sent once it succeeds; ``id_json`` is set once the dispatcher has put the
-    answer in its envelope, and says which id an error answer carries."""
+    answer in its envelope, and says which id an error answer carries.
+    ``settle()`` (the response once ``done`` is) is PendingCore's, compiled."""
 
-    __slots__ = ("answer", "done", "id_json", "method")
+    __slots__ = ()
+    done: asyncio.Future[None]
 
-    def __init__(
-        self, done: asyncio.Future[None], answer: bytes, id_json: bytes | None = None, method: str | None = None
-    ) -> None:
-        self.done = done
-        self.answer = answer
-        self.id_json = id_json
-        self.method = method
-
-    def settle(self) -> bytes:
-        """The response, once ``done`` is: the answer, or the error the change failed with."""
+    def _failed(self) -> bytes:
+        """settle() of a change that was cancelled or failed: the error answer."""
         id_json = self.id_json or b"null"
         if self.done.cancelled():
             message = "the change was cancelled before it was written"
             return error_answer(id_json, envelope.INTERNAL_ERROR, message, self.method)
         exc = self.done.exception()
-        if exc is None:
-            return self.answer
         if isinstance(exc, RpcError):
             return error_answer(id_json, exc.code, exc.message, self.method)
         return error_answer(id_json, envelope.PLUGIN_ERROR, str(exc), self.method)
