@@ -27,6 +27,8 @@ __all__ = [
     "PARSE_ERROR",
     "PLUGIN_ERROR",
     "Call",
+    "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
@@ -34,7 +36,9 @@ __all__ = [
     "compact",
     "encode_result",
     "plain_text",
+    "provision_params",
     "quick",
+    "use_pending",
     "scan",
     "split_call",
 ]
@@ -333,6 +337,10 @@ def plain_text(body):
     among those orjson writes, numbers only 64-bit integers (other than -0); the pure
     twin's regular expressions as one C pass (number rules outside strings, which are
     skipped as if absent)."""
+    return _plain_text(body)
+
+
+cdef bint _plain_text(object body) except -1:
     cdef const unsigned char* p
     cdef Py_ssize_t i, n, run = 0
     cdef unsigned char c, prev = 0
@@ -397,6 +405,10 @@ cdef Py_ssize_t _openers(object body):
 def decode_body(body):
     """Parse a request body, or raise ``RpcError(PARSE_ERROR)`` saying where it broke
     (``INVALID_PARAMS`` if it nests deeper than :data:`MAX_DEPTH`)."""
+    return _decode_body(body)
+
+
+cdef object _decode_body(object body):
     if len(body) > _MAX_DEPTH and _openers(body) > _MAX_DEPTH:
         depth, items = scan(body)
         if depth > _MAX_DEPTH:
@@ -522,6 +534,10 @@ cdef Call _split_any(object doc):
 
 def encode_result(id_json, result):
     """A success answer around already-encoded ``result`` bytes."""
+    return _encode_result(id_json, result)
+
+
+cdef object _encode_result(object id_json, object result):
     if type(id_json) is not bytes or type(result) is not bytes:
         return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + id_json + b"}"
     return wrap2(b'{"jsonrpc":"2.0","result":', 26, result, b',"id":', 6, id_json)
@@ -848,3 +864,171 @@ def quick(body, entries):
     :data:`QUICK_DEPTH`, integers of more than 19 digits, exponents of more than two, keys of
     the envelope given twice.  None is never wrong; an answer is always the dispatcher's."""
     return quick_answer(body, entries)
+
+
+# -- the dispatcher's single-request path, and the Provision params ------------------
+
+#: The "Type" of a request that names none (or ""), as its answer writes it.
+EMPTY_TYPE = b'""'
+cdef bytes _EMPTY_TYPE = EMPTY_TYPE
+cdef object _pending_type = None
+
+
+def use_pending(pending):
+    """Tell the dispatcher's path the class of a method's answer that waits (``rpc.Pending``)."""
+    global _pending_type
+    _pending_type = pending
+
+
+cdef class DispatchCore:
+    """The single-request path of ``rpc.Dispatcher``: a request object of a known method,
+    a plain id, is answered here; everything else goes to the subclass's ``_rest``.  The
+    subclass gives ``methods``, ``spec_methods`` and the hooks ``_rest``, ``_error``,
+    ``_fail`` and ``_wrap``."""
+
+    cdef public object methods
+    cdef public object spec_methods
+
+    def _rest(self, doc, body, texts):
+        raise NotImplementedError
+
+    def _error(self, id_json, code, message, method):
+        raise NotImplementedError
+
+    def _fail(self, id_json, method, exc):
+        raise NotImplementedError
+
+    def _wrap(self, result, id_json, name):
+        raise NotImplementedError
+
+    def handle(self, body):
+        cdef object doc, ident, kind, name, method, id_json, result
+        cdef Call call
+        try:
+            doc = _decode_body(body)
+        except RpcError as exc:
+            return self._error(exc.id_json, exc.code, exc.message, None)
+        if type(doc) is dict:
+            ident = (<dict>doc).get("id")
+            kind = type(ident)
+            name = (<dict>doc).get("method")
+            if type(name) is not str:
+                name = None  # answered as an invalid request; an unhashable one is no key of spec_methods
+            if (
+                (name in self.spec_methods and not _plain_text(body))
+                or kind is float
+                or (kind is str and b"\\" in body)
+                or (kind is int and ident == 0 and b"-0" in body)
+            ):
+                return self._rest(doc, body, True)
+            if name is not None:
+                if type(self.methods) is dict:
+                    method = (<dict>self.methods).get(name)
+                else:
+                    method = self.methods.get(name)
+                if method is not None:
+                    # The common request: a known method, its id and params as parsed.
+                    try:
+                        call = _split_dict(<dict>doc)
+                    except RpcError:
+                        call = None  # answered by _rest, the error text made in one place
+                    if call is not None and call.id_json is not None:
+                        id_json = call.id_json
+                        try:
+                            result = method(call.params)
+                        except RpcError as exc:
+                            return self._error(id_json, exc.code, exc.message, name)
+                        except Exception as exc:  # a bug must answer, not kill the connection
+                            return self._fail(id_json, name, exc)
+                        if isinstance(result, bytes):
+                            return _encode_result(id_json, result)
+                        if type(result) is _pending_type and isinstance(result, PendingCore):
+                            # what Dispatcher._wrap does to a Pending, in place
+                            (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
+                            (<PendingCore>result).id_json = id_json
+                            (<PendingCore>result).method = name
+                            return result
+                        return self._wrap(result, id_json, name)
+        return self._rest(doc, body, False)
+
+
+cdef inline object _params_error(str message):
+    return RpcError(INVALID_PARAMS, "invalid params: " + message)
+
+
+cdef object _string_map(object value, str what):
+    cdef object k, v
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _params_error(f"{what} must be an object of strings")
+    if type(value) is dict:
+        for k, v in (<dict>value).items():
+            if not isinstance(v, str):
+                raise _params_error(f"{what}[{k!r}] must be a string, not {type(v).__name__}")
+    else:
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise _params_error(f"{what}[{k!r}] must be a string, not {type(v).__name__}")
+    return value
+
+
+def provision_params(params):
+    """The checked params of an Instance.Provision: ``(type_json, spec, tags, logical_id)``,
+    or the ``RpcError`` the plugin answers (its checks in its order)."""
+    cdef object kind, spec, tags, logical_id, init, attachments, a
+    cdef bint ok
+    kind = params.get("Type")
+    if kind is None or kind == "":
+        pass
+    elif not isinstance(kind, str):
+        raise _params_error('"Type" must be a string')
+    else:
+        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    spec = params.get("Spec")
+    if not isinstance(spec, dict):
+        raise _params_error('"Spec" must be an object')
+    tags = _string_map(spec.get("Tags"), "Spec.Tags")
+    logical_id = spec.get("LogicalID")
+    if logical_id is not None and not isinstance(logical_id, str):
+        raise _params_error('"Spec.LogicalID" must be a string or null')
+    init = spec.get("Init")
+    if init is not None and not isinstance(init, str):
+        raise _params_error('"Spec.Init" must be a string or null')
+    attachments = spec.get("Attachments")
+    if attachments is not None:
+        ok = isinstance(attachments, list)
+        if ok:
+            for a in attachments:
+                if not isinstance(a, dict):
+                    ok = False
+                    break
+        if not ok:
+            raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+    return _EMPTY_TYPE, spec, tags, logical_id
+
+
+cdef class PendingCore:
+    """What ``rpc.Pending`` holds (``done``, ``answer``, ``id_json``, ``method``), and its
+    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others."""
+
+    cdef public object done
+    cdef public object answer
+    cdef public object id_json
+    cdef public object method
+
+    def __init__(self, done, answer, id_json=None, method=None):
+        self.done = done
+        self.answer = answer
+        self.id_json = id_json
+        self.method = method
+
+    def _failed(self):
+        raise NotImplementedError
+
+    def settle(self):
+        """The response, once ``done`` is: the answer, or the error the change failed with."""
+        cdef object done = self.done
+        if not done.cancelled() and done.exception() is None:
+            return self.answer
+        return self._failed()

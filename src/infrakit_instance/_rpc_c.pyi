@@ -11,13 +11,18 @@ __all__ = [
     "PARSE_ERROR",
     "PLUGIN_ERROR",
     "Call",
+    "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
     "encode_id",
     "compact",
     "encode_result",
+    "plain_text",
+    "provision_params",
     "quick",
+    "use_pending",
     "scan",
     "split_call",
 ]
@@ -57,3 +62,27 @@ def encode_error(id_json: bytes, code: int, message: str) -> bytes: ...
 QUICK_DEPTH: Final[int]
 
 def quick(body: bytes, entries: tuple[tuple[bytes, bytes, bool], ...]) -> bytes | None: ...
+
+EMPTY_TYPE: Final[bytes]
+
+def use_pending(pending: Any) -> None: ...
+
+class DispatchCore:
+    methods: dict[str, Any]
+    spec_methods: frozenset[str]
+    def _rest(self, doc: Any, body: bytes, texts: bool) -> Any: ...
+    def _error(self, id_json: bytes, code: int, message: str, method: str | None) -> bytes: ...
+    def _fail(self, id_json: bytes, method: str, exc: BaseException) -> bytes: ...
+    def _wrap(self, result: Any, id_json: bytes, name: str) -> Any: ...
+    def handle(self, body: bytes) -> Any: ...
+
+def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dict[str, str], str | None]: ...
+
+class PendingCore:
+    done: Any
+    answer: bytes
+    id_json: bytes | None
+    method: str | None
+    def __init__(self, done: Any, answer: bytes, id_json: bytes | None = None, method: str | None = None) -> None: ...
+    def _failed(self) -> bytes: ...
+    def settle(self) -> bytes: ...

@@ -23,14 +23,18 @@ __all__ = [
     "PARSE_ERROR",
     "PLUGIN_ERROR",
     "Call",
+    "DispatchCore",
+    "PendingCore",
     "RpcError",
     "decode_body",
     "encode_error",
     "encode_id",
     "compact",
     "encode_result",
+    "provision_params",
     "plain_text",
     "quick",
+    "use_pending",
     "scan",
     "split_call",
 ]
@@ -388,3 +392,140 @@ def quick(body: bytes, entries: tuple[tuple[bytes, bytes, bool], ...]) -> bytes 
                 return None
             return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + id_json + b"}"
     return None
+
+
+# -- the dispatcher's single-request path, and the Provision params ------------------
+
+#: The "Type" of a request that names none (or ""), as its answer writes it.
+EMPTY_TYPE = b'""'
+_pending_type: Any = None
+
+
+def use_pending(pending: Any) -> None:
+    """Tell the dispatcher's path the class of a method's answer that waits (``rpc.Pending``)."""
+    global _pending_type
+    _pending_type = pending
+
+
+class DispatchCore:
+    """The single-request path of ``rpc.Dispatcher``: a request object of a known method,
+    a plain id, is answered here; everything else goes to the subclass's ``_rest``.  The
+    subclass gives ``methods``, ``spec_methods`` and the hooks ``_rest``, ``_error``,
+    ``_fail`` and ``_wrap``."""
+
+    methods: dict[str, Any]
+    spec_methods: frozenset[str]
+
+    def _rest(self, doc: Any, body: bytes, texts: bool) -> Any:
+        raise NotImplementedError
+
+    def _error(self, id_json: bytes, code: int, message: str, method: str | None) -> bytes:
+        raise NotImplementedError
+
+    def _fail(self, id_json: bytes, method: str, exc: BaseException) -> bytes:
+        raise NotImplementedError
+
+    def _wrap(self, result: Any, id_json: bytes, name: str) -> Any:
+        raise NotImplementedError
+
+    def handle(self, body: bytes) -> Any:
+        try:
+            doc = decode_body(body)
+        except RpcError as exc:
+            return self._error(exc.id_json, exc.code, exc.message, None)
+        if type(doc) is dict:
+            ident = doc.get("id")
+            kind = type(ident)
+            name = doc.get("method")
+            if type(name) is not str:
+                name = None  # answered as an invalid request; an unhashable one is no key of spec_methods
+            if (
+                (name in self.spec_methods and not plain_text(body))
+                or kind is float
+                or (kind is str and b"\\" in body)
+                or (kind is int and ident == 0 and b"-0" in body)
+            ):
+                return self._rest(doc, body, True)
+            if name is not None and (method := self.methods.get(name)) is not None:
+                # The common request: a known method, its id and params as parsed.
+                try:
+                    call = split_call(doc)
+                except RpcError:
+                    call = None  # answered by _rest, the error text made in one place
+                if call is not None and (id_json := call.id_json) is not None:
+                    try:
+                        result = method(call.params)
+                    except RpcError as exc:
+                        return self._error(id_json, exc.code, exc.message, name)
+                    except Exception as exc:  # a bug must answer, not kill the connection
+                        return self._fail(id_json, name, exc)
+                    if isinstance(result, bytes):
+                        return encode_result(id_json, result)
+                    return self._wrap(result, id_json, name)
+        return self._rest(doc, body, False)
+
+
+def _params_error(message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, f"invalid params: {message}")
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _params_error(f"{what} must be an object of strings")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise _params_error(f"{what}[{k!r}] must be a string, not {type(v).__name__}")
+    return value
+
+
+def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dict[str, str], str | None]:
+    """The checked params of an Instance.Provision: ``(type_json, spec, tags, logical_id)``,
+    or the ``RpcError`` the plugin answers (its checks in its order)."""
+    kind = params.get("Type")
+    if kind is None or kind == "":
+        type_json = EMPTY_TYPE
+    elif not isinstance(kind, str):
+        raise _params_error('"Type" must be a string')
+    else:
+        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    spec = params.get("Spec")
+    if not isinstance(spec, dict):
+        raise _params_error('"Spec" must be an object')
+    tags = _string_map(spec.get("Tags"), "Spec.Tags")
+    logical_id = spec.get("LogicalID")
+    if logical_id is not None and not isinstance(logical_id, str):
+        raise _params_error('"Spec.LogicalID" must be a string or null')
+    init = spec.get("Init")
+    if init is not None and not isinstance(init, str):
+        raise _params_error('"Spec.Init" must be a string or null')
+    attachments = spec.get("Attachments")
+    if attachments is not None and (
+        not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments)
+    ):
+        raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+    return type_json, spec, tags, logical_id
+
+
+class PendingCore:
+    """What ``rpc.Pending`` holds (``done``, ``answer``, ``id_json``, ``method``), and its
+    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others."""
+
+    __slots__ = ("answer", "done", "id_json", "method")
+
+    def __init__(self, done: Any, answer: bytes, id_json: bytes | None = None, method: str | None = None) -> None:
+        self.done = done
+        self.answer = answer
+        self.id_json = id_json
+        self.method = method
+
+    def _failed(self) -> bytes:
+        raise NotImplementedError
+
+    def settle(self) -> bytes:
+        """The response, once ``done`` is: the answer, or the error the change failed with."""
+        done = self.done
+        if not done.cancelled() and done.exception() is None:
+            return self.answer
+        return self._failed()

@@ -35,7 +35,9 @@ INSTANCE_VERSIONS = ("0.1.0", "0.3.0", "0.5.0", "0.6.0", "0.6.1")
 Result = bytes | Parts | Pending | Awaitable[bytes]
 
 _OK = b'{"Type":%s,"OK":true}'
-_EMPTY_TYPE = b'""'
+_EMPTY_TYPE = rpc.EMPTY_TYPE  # b'""'
+_provision_params = rpc.provision_params
+_encode_brief = codec.encode_brief
 _OK_EMPTY = _OK % _EMPTY_TYPE
 _BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
 _APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
@@ -130,28 +132,25 @@ class Plugin:
 
     def provision(self, params: dict[str, Any], spec_json: bytes | None = None) -> Result:
         """``spec_json``: the Spec's own text from the request (kept as is, so its numbers round-trip)."""
-        type_json = self._type(params)
-        spec = params.get("Spec")
-        if not isinstance(spec, dict):
-            raise _params_error('"Spec" must be an object')
-        tags = _string_map(spec.get("Tags"), "Spec.Tags")
-        logical_id = spec.get("LogicalID")
-        if logical_id is not None and not isinstance(logical_id, str):
-            raise _params_error('"Spec.LogicalID" must be a string or null')
-        init = spec.get("Init")
-        if init is not None and not isinstance(init, str):
-            raise _params_error('"Spec.Init" must be a string or null')
-        attachments = spec.get("Attachments")
-        if attachments is not None and (
-            not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments)
-        ):
-            raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+        type_json, spec, tags, logical_id = _provision_params(params)  # compiled: the checks of _type and more
         spec_text = spec_json if spec_json is not None else codec.encode_spec(spec)
         # The ID is chosen before the provider acts and handed to it, so that a provider
         # can be idempotent, and clean up what a failed or timed-out provision left.
-        instance_id = self._new_id()
         if self.provider.logical:
-            return self._record(spec_text, tags, logical_id, instance_id, type_json)
+            # _new_id and _record, inline: this runs for every provision
+            state = self.store.state
+            while True:
+                instance_id = f"instance-{self._rand.getrandbits(63)}"
+                if not state.known(instance_id) and instance_id not in self._proposed:
+                    break
+            # _record: this runs for every provision
+            rec = Record(instance_id, _encode_brief(instance_id, logical_id, tags), spec_text)
+            try:
+                fut = self.store.provision(rec, tags)
+            except StoreError as exc:
+                raise RpcError(PLUGIN_ERROR, str(exc)) from None
+            return Pending(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")
+        instance_id = self._new_id()
         return self._provision_with_provider(spec, spec_text, tags, logical_id, instance_id, type_json)
 
     def _new_id(self) -> str:

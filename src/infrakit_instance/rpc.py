@@ -52,33 +52,25 @@ class Parts(tuple):  # type: ignore[type-arg]
         return b"".join(tuple.__iter__(self))
 
 
-class Pending:
+class Pending(envelope.PendingCore):
     """An answer that waits for a change to be durable.
 
     ``done`` is the store's future, shared by every change of a batch (so one
     completion answers them all): wait on it, never cancel it.  ``answer`` is
     sent once it succeeds; ``id_json`` is set once the dispatcher has put the
-    answer in its envelope, and says which id an error answer carries."""
+    answer in its envelope, and says which id an error answer carries.
+    ``settle()`` (the response once ``done`` is) is PendingCore's, compiled."""
 
-    __slots__ = ("answer", "done", "id_json", "method")
+    __slots__ = ()
+    done: asyncio.Future[None]
 
-    def __init__(
-        self, done: asyncio.Future[None], answer: bytes, id_json: bytes | None = None, method: str | None = None
-    ) -> None:
-        self.done = done
-        self.answer = answer
-        self.id_json = id_json
-        self.method = method
-
-    def settle(self) -> bytes:
-        """The response, once ``done`` is: the answer, or the error the change failed with."""
+    def _failed(self) -> bytes:
+        """settle() of a change that was cancelled or failed: the error answer."""
         id_json = self.id_json or b"null"
         if self.done.cancelled():
             message = "the change was cancelled before it was written"
             return error_answer(id_json, envelope.INTERNAL_ERROR, message, self.method)
         exc = self.done.exception()
-        if exc is None:
-            return self.answer
         if isinstance(exc, RpcError):
             return error_answer(id_json, exc.code, exc.message, self.method)
         return error_answer(id_json, envelope.PLUGIN_ERROR, str(exc), self.method)
@@ -94,10 +86,12 @@ class Pending:
         return self.answer
 
 
+envelope.use_pending(Pending)
+
 Answer = Union[bytes, Parts, Pending, None, "asyncio.Future[bytes | None]"]
 
 
-class Dispatcher:
+class Dispatcher(envelope.DispatchCore):
     """Turns a body into the response body.
 
     Returns bytes when the answer is ready at once (the common case), ``None``
@@ -119,46 +113,25 @@ class Dispatcher:
         self.max_batch_bytes = max_batch_bytes
         self.spec_methods = spec_methods
 
-    def handle(self, body: bytes) -> Answer:
-        try:
-            doc = envelope.decode_body(body)
-        except RpcError as exc:
-            return error_answer(exc.id_json, exc.code, exc.message, None)
+    # handle(body) is DispatchCore's (compiled): a request object of a known method and a
+    # plain id is answered there; the rest comes here.
+
+    def _rest(self, doc: Any, body: bytes, texts: bool) -> Answer:
+        """The answer to what DispatchCore.handle does not answer itself: a batch, an id or
+        a Spec whose text must be read from the body (``texts``), an invalid request."""
         if isinstance(doc, list):
             return self._batch(doc, body)
-        raw = None
-        if type(doc) is dict:
-            # _needs_text, inline: this runs for every request
-            ident = doc.get("id")
-            kind = type(ident)
-            name = doc.get("method")
-            if type(name) is not str:
-                name = None  # answered as an invalid request; an unhashable one is no key of spec_methods
-            if (
-                (name in self.spec_methods and not envelope.plain_text(body))
-                or kind is float
-                or (kind is str and b"\\" in body)
-                or (kind is int and ident == 0 and b"-0" in body)
-            ):
-                raw = _texts(body, envelope.scan(body)[1])
-            elif name is not None and (method := self.methods.get(name)) is not None:
-                # The common request, inline: a known method, its id and params as parsed.
-                try:
-                    call = envelope.split_call(doc)
-                except RpcError:
-                    call = None  # answered below, the error text made in one place
-                if call is not None and (id_json := call.id_json) is not None:
-                    try:
-                        result = method(call.params)
-                    except RpcError as exc:
-                        return error_answer(id_json, exc.code, exc.message, name)
-                    except Exception as exc:  # a bug must answer, not kill the connection
-                        log.exception("%s failed", name)
-                        return _internal(id_json, name, exc)
-                    if isinstance(result, bytes):
-                        return envelope.encode_result(id_json, result)
-                    return self._wrap(result, id_json, name)
+        raw = _texts(body, envelope.scan(body)[1]) if texts else None
         return self._one(doc, raw[0] if raw else None)[0]
+
+    @staticmethod
+    def _error(id_json: bytes, code: int, message: str, method: str | None) -> bytes:
+        return error_answer(id_json, code, message, method)
+
+    @staticmethod
+    def _fail(id_json: bytes, method: str, exc: BaseException) -> bytes:
+        log.error("%s failed", method, exc_info=exc)
+        return _internal(id_json, method, exc)
 
     def _needs_text(self, doc: Any, body: bytes) -> bool:
         """Whether the id or the Spec of a request object must be read from the body's text."""
@@ -197,7 +170,7 @@ class Dispatcher:
             return error_answer(id_json, envelope.METHOD_NOT_FOUND, f"method not found: {name!r}", name), err_id, name
         try:
             if name in self.spec_methods and raw is not None and raw[1] is not None:
-                result = method(call.params, compact(raw[1]))  # type: ignore[call-arg]
+                result = method(call.params, compact(raw[1]))
             else:
                 result = method(call.params)
         except RpcError as exc:

@@ -1,0 +1,294 @@
+"""The dispatcher's single-request path (``DispatchCore``) and ``provision_params`` of the
+``_rpc`` twins: both twins agree with each other and with the old, interpreted path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import impls
+from infrakit_instance import _rpc_py, rpc
+from infrakit_instance.rpc import Dispatcher, Pending, _texts, error_answer
+
+pytestmark = pytest.mark.compiled
+_http_c, _rpc_c, _codec_c, _conn_c = impls.compiled_modules()
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TWINS = [_rpc_c, _rpc_py]
+
+
+class _BothError(_rpc_c.RpcError, _rpc_py.RpcError):  # type: ignore[misc]
+    """An RpcError to either twin (a method's error is the selected twin's class)."""
+
+
+# -- provision_params against the checks Plugin.provision made itself ----------------------
+
+
+def _old_provision_checks(params: dict[str, Any]) -> tuple[bytes, Any, Any, Any]:
+    """The checks of Plugin.provision before they moved to the twins (its _type and _string_map)."""
+
+    def bad(message: str) -> rpc.RpcError:
+        return rpc.RpcError(rpc.envelope.INVALID_PARAMS, f"invalid params: {message}")
+
+    kind = params.get("Type")
+    if kind is None or kind == "":
+        type_json = b'""'
+    elif not isinstance(kind, str):
+        raise bad('"Type" must be a string')
+    else:
+        raise rpc.RpcError(rpc.envelope.PLUGIN_ERROR, f"no-plugin:{kind}")
+    spec = params.get("Spec")
+    if not isinstance(spec, dict):
+        raise bad('"Spec" must be an object')
+    tags = spec.get("Tags")
+    if tags is None:
+        tags = {}
+    elif not isinstance(tags, dict):
+        raise bad("Spec.Tags must be an object of strings")
+    else:
+        for k, v in tags.items():
+            if not isinstance(v, str):
+                raise bad(f"Spec.Tags[{k!r}] must be a string, not {type(v).__name__}")
+    logical_id = spec.get("LogicalID")
+    if logical_id is not None and not isinstance(logical_id, str):
+        raise bad('"Spec.LogicalID" must be a string or null')
+    init = spec.get("Init")
+    if init is not None and not isinstance(init, str):
+        raise bad('"Spec.Init" must be a string or null')
+    attachments = spec.get("Attachments")
+    if attachments is not None and (
+        not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments)
+    ):
+        raise bad('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
+    return type_json, spec, tags, logical_id
+
+
+def _outcome(fn: Any, params: Any) -> Any:
+    try:
+        return ("ok", fn(params))
+    except Exception as exc:  # the code and message, whichever twin's RpcError class raised it
+        return ("error", type(exc).__name__, getattr(exc, "code", None), getattr(exc, "message", str(exc)))
+
+
+_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=4))
+_ANY = st.recursive(
+    _SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=3), inner, max_size=2)),
+    max_leaves=4,
+)
+
+
+@st.composite
+def provision_params(draw: st.DrawFn) -> Any:
+    """Provision params, mostly valid, with one part or another of any shape."""
+    spec: dict[str, Any] = {}
+    if draw(st.booleans()):
+        spec["Tags"] = draw(st.one_of(st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3), _ANY))
+    for key, good in (
+        ("LogicalID", st.one_of(st.none(), st.text(max_size=4))),
+        ("Init", st.one_of(st.none(), st.text(max_size=4))),
+        (
+            "Attachments",
+            st.one_of(st.none(), st.lists(st.dictionaries(st.text(max_size=2), _SCALAR, max_size=2), max_size=2)),
+        ),
+        ("Properties", _ANY),
+    ):
+        if draw(st.booleans()):
+            spec[key] = draw(st.one_of(good, _ANY) if draw(st.booleans()) else good)
+    params: dict[str, Any] = {}
+    if draw(st.booleans()):
+        params["Type"] = draw(st.one_of(st.sampled_from(["", None, "aws"]), _ANY))
+    if draw(st.integers(0, 9)):
+        params["Spec"] = spec
+    elif draw(st.booleans()):
+        params["Spec"] = draw(_ANY)
+    return params
+
+
+@SETTINGS
+@given(provision_params())
+def test_provision_params_twins_agree_with_the_old_checks(params: Any) -> None:
+    old = _outcome(_old_provision_checks, params)
+    for twin in TWINS:
+        got = _outcome(twin.provision_params, params)
+        assert got == old, (twin.__name__, params)
+        if got[0] == "ok":
+            assert got[1][1] is params["Spec"]  # the Spec itself, not a copy
+            assert got[1][0] == twin.EMPTY_TYPE
+
+
+def test_provision_params_errors() -> None:
+    cases = [
+        ({"Type": 3, "Spec": {}}, rpc.envelope.INVALID_PARAMS, 'invalid params: "Type" must be a string'),
+        ({"Type": "x", "Spec": {}}, rpc.envelope.PLUGIN_ERROR, "no-plugin:x"),
+        ({}, rpc.envelope.INVALID_PARAMS, 'invalid params: "Spec" must be an object'),
+        (
+            {"Spec": {"Tags": {"a": 1}}},
+            rpc.envelope.INVALID_PARAMS,
+            "invalid params: Spec.Tags['a'] must be a string, not int",
+        ),
+        (
+            {"Spec": {"Attachments": [{}, 1]}},
+            rpc.envelope.INVALID_PARAMS,
+            'invalid params: "Spec.Attachments" must be a list of {"ID","Type"} objects or null',
+        ),
+    ]
+    for twin in TWINS:
+        for params, code, message in cases:
+            with pytest.raises(twin.RpcError) as info:
+                twin.provision_params(params)
+            assert (info.value.code, info.value.message) == (code, message)
+        assert twin.provision_params({"Spec": {}}) == (b'""', {}, {}, None)
+
+
+# -- DispatchCore.handle: each twin's core under the same Dispatcher, and the old path ------
+
+
+def _dispatcher_on(core: type) -> type:
+    """rpc.Dispatcher's own methods on the given core."""
+    own = {k: v for k, v in vars(Dispatcher).items() if k not in ("__dict__", "__weakref__")}
+    return type(f"Dispatcher_{core.__module__}", (core,), own)
+
+
+_LOOP = asyncio.new_event_loop()
+
+
+def _methods() -> dict[str, Any]:
+    def change(params: dict[str, Any]) -> Pending:
+        return Pending(_LOOP.create_future(), orjson.dumps(params))
+
+    def fails(params: dict[str, Any]) -> bytes:
+        raise _BothError(-32000, f"failed: {sorted(params)!r}")
+
+    def bug(params: dict[str, Any]) -> bytes:
+        raise ValueError("a bug")
+
+    def provision(params: dict[str, Any], spec_json: bytes | None = None) -> bytes:
+        return b'{"Spec":' + (spec_json if spec_json is not None else orjson.dumps(params.get("Spec"))) + b"}"
+
+    return {
+        "Echo": lambda params: orjson.dumps(params),
+        "Change": change,
+        "Fails": fails,
+        "Bug": bug,
+        "Instance.Provision": provision,
+    }
+
+
+def _old_handle(d: Any, body: bytes) -> Any:
+    """The answer the way the dispatcher gave it without its single-request path."""
+    try:
+        doc = rpc.envelope.decode_body(body)
+    except rpc.RpcError as exc:
+        return error_answer(exc.id_json, exc.code, exc.message, None)
+    if isinstance(doc, list):
+        return d._batch(doc, body)
+    raw = _texts(body, rpc.envelope.scan(body)[1]) if d._needs_text(doc, body) else None
+    return d._one(doc, raw[0] if raw else None)[0]
+
+
+def _same(answer: Any) -> Any:
+    if isinstance(answer, Pending):
+        return ("pending", answer.answer, answer.id_json, answer.method)
+    if isinstance(answer, asyncio.Future):  # a batch that waits: compared as such
+        answer.cancel()
+        return "future"
+    return answer
+
+
+_CORES = [m.DispatchCore for m in TWINS]
+
+
+def _answers(body: bytes) -> Iterator[Any]:
+    asyncio.set_event_loop(_LOOP)  # a batch that waits makes a task on it
+    for core in _CORES:
+        yield _same(_dispatcher_on(core)(_methods()).handle(body))
+    d = Dispatcher(_methods())
+    yield _same(d.handle(body))
+    yield _same(_old_handle(d, body))
+
+
+_IDS = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=4),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    members: dict[str, Any] = {}
+    if draw(st.integers(0, 9)):
+        members["jsonrpc"] = "2.0"
+    elif draw(st.booleans()):
+        members["jsonrpc"] = draw(_ANY)
+    if draw(st.integers(0, 9)):
+        members["method"] = draw(st.sampled_from(["Echo", "Change", "Fails", "Bug", "Instance.Provision", "Nope"]))
+    elif draw(st.booleans()):
+        members["method"] = draw(_ANY)
+    if draw(st.integers(0, 5)):
+        members["id"] = draw(_IDS)
+    if draw(st.booleans()):
+        spec = draw(st.dictionaries(st.text(max_size=3), _ANY, max_size=3))
+        members["params"] = draw(st.sampled_from([{"Spec": spec}, [{"Spec": spec}], None, [], 3, [1, 2]]))
+    text = json.dumps(members, separators=(",", ":") if draw(st.booleans()) else (", ", ": "))
+    if draw(st.booleans()):
+        text = text.replace(" ", "\n")
+    return text.encode()
+
+
+@SETTINGS
+@given(requests())
+def test_dispatch_core_twins_answer_as_the_old_path(body: bytes) -> None:
+    got = list(_answers(body))
+    assert all(g == got[-1] for g in got), (body, got)
+
+
+@SETTINGS
+@given(
+    st.one_of(requests(), st.lists(requests(), max_size=2).map(lambda b: b"[" + b",".join(b) + b"]")),
+    st.integers(0, 200),
+    st.binary(max_size=3),
+)
+def test_dispatch_core_twins_on_damaged_bodies(body: bytes, at: int, junk: bytes) -> None:
+    at = at % (len(body) + 1)
+    for damaged in (body, body[:at] + junk + body[at:], body[:at] + body[at + 1 :]):
+        got = list(_answers(damaged))
+        assert all(g == got[-1] for g in got), (damaged, got)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","method":"Change","params":{"a":1},"id":5}',
+        b'{"jsonrpc":"2.0","method":"Bug","id":"x"}',
+        b'{"jsonrpc":"2.0","method":"Fails","params":{"b":1},"id":-0}',
+        b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":{"n":1.50}},"id":1}',
+        b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":{"s":"\\u0041"}},"id":1}',
+        b'{"jsonrpc":"2.0","method":"Echo","id":"\\u0041"}',
+        b'{"jsonrpc":"2.0","method":"Echo","id":1.0}',
+        b'{"jsonrpc":"2.0","method":"Echo","id":123456789012345678901234567890}',
+        b'{"jsonrpc":"2.0","method":"Echo"}',
+        b'{"jsonrpc":"1.0","method":"Echo","id":2}',
+        b'{"jsonrpc":"2.0","method":"Echo","params":3,"id":2}',
+        b"[]",
+        b"{",
+    ],
+)
+def test_dispatch_core_twins_on_edge_requests(body: bytes) -> None:
+    got = list(_answers(body))
+    assert all(g == got[-1] for g in got), (body, got)
+    if b'"Change"' in body:
+        assert got[0] == ("pending", b'{"jsonrpc":"2.0","result":{"a":1},"id":5}', b"5", "Change")
+    if b'"Bug"' in body:
+        assert b"internal error in Bug: ValueError('a bug')" in got[0]
