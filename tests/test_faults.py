@@ -360,6 +360,54 @@ def test_created_directories_are_0700_under_umask_000(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
 
 
+_SLOW_START = """
+import asyncio, os
+from infrakit_instance.provider import Provider
+
+class SlowStart(Provider):
+    async def start(self):
+        open(self.options["marker"], "w").close()
+        await asyncio.sleep(30)
+
+    async def stop(self):
+        open(self.options["marker"] + ".stopped", "w").close()
+"""
+
+
+def test_sigterm_during_start_shuts_down_cleanly(tmp_path: Path) -> None:
+    # A stop asked for while the plugin is still starting (here: its provider's
+    # start() takes 30 s) must end it cleanly and at once: exit 0, the provider
+    # stopped, no socket left behind; not the default action of SIGTERM.
+    (tmp_path / "slow.py").write_text(_SLOW_START)
+    marker = tmp_path / "started"
+    proc = spawn(
+        [
+            console_script(),
+            "--listen",
+            f"unix://{tmp_path}/s",
+            "--state",
+            str(tmp_path / "state.json"),
+            "--provider",
+            f"{tmp_path}/slow.py:SlowStart",
+            "--provider-opt",
+            f"marker={marker}",
+        ],
+        env={**os.environ, "INFRAKIT_HOME": str(tmp_path / "home")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(marker.exists, 20, "the provider's start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (tmp_path / "started.stopped").exists()
+    assert not (tmp_path / "s").exists()
+
+
 # -- 6. skewed Describe sizes --------------------------------------------------------------------------
 
 

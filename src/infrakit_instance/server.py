@@ -682,13 +682,31 @@ def run(config: Config) -> int:
     server = Server(config)
 
     async def main() -> None:
-        await server.start()
+        # Handlers before start(): a SIGINT or SIGTERM at any point of it (the
+        # socket appears part-way) shuts down cleanly instead of killing the
+        # process with the signal's default action.  A stop asked for while a
+        # provider's start() or the etcd connection is still pending cancels
+        # that wait; the state file's own opening never awaits, so it is never
+        # cut short.
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         for sig in (signal.SIGHUP, signal.SIGUSR1):  # sync with the provider now
             loop.add_signal_handler(sig, server.syncer.request)
-        await stop.wait()
+        starting = loop.create_task(server.start())
+        stopped = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a failed start ends here, with its error
+                await stopped
+            else:
+                log.info("stop asked for while starting")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        finally:
+            stopped.cancel()
         log.info("shutting down")
         await server.stop()
 
