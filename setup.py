@@ -20,7 +20,7 @@ EXTENSIONS = [
         [f"ext/infrakit_instance/{name}.pyx"],
         extra_compile_args=[] if os.environ.get("INFRAKIT_INSTANCE_DEBUG_BUILD") else ["-g0"],
     )
-    for name in ("_http_c", "_rpc_c", "_codec_c", "_conn_c", "_batch_c")
+    for name in ("_http_c", "_rpc_c", "_codec_c", "_conn_c", "_batch_c", "_state_c")
 ]
 
 

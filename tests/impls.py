@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 IMPLEMENTATIONS = {"compiled": "_c", "pure": "_py"}
-MODULES = ("_http", "_rpc", "_codec", "_conn", "_batch")
+MODULES = ("_http", "_rpc", "_codec", "_conn", "_batch", "_state")
 OPTION = "--no-extensions"
 
 
@@ -67,7 +67,7 @@ def compiled_skip_reason(config: pytest.Config) -> str | None:
 
 
 def compiled_modules() -> tuple[Any, ...]:
-    """The compiled ``_http_c``, ``_rpc_c``, ``_codec_c`` and ``_conn_c``, for a test module that needs
+    """The compiled twins of MODULES, for a test module that needs
     them at import: in a build without them it is skipped (an error with REQUIRE set)."""
     try:
         return tuple(importlib.import_module(f"infrakit_instance.{name}_c") for name in MODULES)

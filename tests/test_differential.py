@@ -24,7 +24,7 @@ from infrakit_instance.rpc import Dispatcher
 from test_http import CHUNKED, POST, WIRE_REQUESTS
 
 pytestmark = pytest.mark.compiled
-_http_c, _rpc_c, _codec_c, _conn_c, _batch_c = impls.compiled_modules()
+_http_c, _rpc_c, _codec_c, _conn_c, _batch_c, _state_c = impls.compiled_modules()
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,7 +18,7 @@ from infrakit_instance import _rpc_py, rpc
 from infrakit_instance.rpc import Dispatcher, Pending, _texts, error_answer
 
 pytestmark = pytest.mark.compiled
-_http_c, _rpc_c, _codec_c, _conn_c, _batch_c = impls.compiled_modules()
+_http_c, _rpc_c, _codec_c, _conn_c, _batch_c, _state_c = impls.compiled_modules()
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TWINS = [_rpc_c, _rpc_py]

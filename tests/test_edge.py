@@ -236,10 +236,9 @@ def test_buffered_request_bytes_are_bounded(tmp_path: Path, build: dict[str, str
 
 
 def test_describe_cache_is_bounded_lru() -> None:
-    from infrakit_instance.state import State, _AnswerCache
+    from infrakit_instance.state import _AnswerCache, set_cache_bytes
 
-    old = State.cache_bytes
-    State.cache_bytes = 100
+    old = set_cache_bytes(100)
     try:
         cache = _AnswerCache()
         cache["a"] = b"x" * 40
@@ -251,7 +250,7 @@ def test_describe_cache_is_bounded_lru() -> None:
         cache["big"] = b"w" * 101
         assert cache.get("big") is None and cache.size <= 100
     finally:
-        State.cache_bytes = old
+        set_cache_bytes(old)
 
 
 # -- 3. every request gets an answer; nesting; exact ids and numbers -------------------------

@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
 
 from infrakit_instance._codec_c import TAIL
+from infrakit_instance._state_c cimport Record, State
 
 __all__ = ["SLACK", "Core", "use"]
 
@@ -65,6 +66,10 @@ cdef class Core:
         self._waiters = []
         self._tip = self._append_from = self._run_end = -1
 
+    @property
+    def state(self):
+        return self._state
+
     def _check(self):
         if self.stopped is not None:
             raise _Stopped(self.stopped)
@@ -74,10 +79,18 @@ cdef class Core:
             raise _Stopped(self.stopped)
         state = self._state
         instance_id = record.id
-        if state.known(instance_id):
-            raise _Error(f"instance ID {instance_id} already exists")
-        cdef bint had_live = len(state) > 0
-        state.append(record, tags)
+        cdef bint had_live
+        if type(state) is State and type(record) is Record and type(tags) is dict:
+            # The compiled state's own methods, called in C.
+            if (<State>state).known(instance_id):
+                raise _Error(f"instance ID {instance_id} already exists")
+            had_live = len((<State>state).instances) > 0
+            (<State>state).append(<Record>record, <dict>tags)
+        else:
+            if state.known(instance_id):
+                raise _Error(f"instance ID {instance_id} already exists")
+            had_live = len(state) > 0
+            state.append(record, tags)
         order = self._order
         if order is not None:
             if len(order) > 2 * len(state) + 1024:  # gone elements pile up behind a long-lived first one

@@ -59,6 +59,10 @@ class Core:
     _want: int
     _in_place: bool
 
+    @property
+    def state(self) -> State:
+        return self._state
+
     def _check(self) -> None:
         if self.stopped is not None:
             raise _Stopped(self.stopped)

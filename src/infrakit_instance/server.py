@@ -33,7 +33,7 @@ from .logs import conn_id
 from .plugin import Plugin
 from .provider import BoundedProvider, LogicalProvider, Provider, ProviderError
 from .rpc import MAX_BATCH, MAX_BATCH_BYTES, Dispatcher, Parts, Pending
-from .state import State
+from .state import set_cache_bytes
 from .store import FileStore, Store
 from .sync import Syncer
 
@@ -373,7 +373,7 @@ class Server:
 
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        State.cache_bytes = config.describe_cache
+        set_cache_bytes(config.describe_cache)
         self.store = store or _make_store(config)
         provider = BoundedProvider(config.provider or LogicalProvider(), config.provider_timeout)
         self.plugin = Plugin(self.store, provider, config.name)

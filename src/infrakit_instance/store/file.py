@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from .._impl import batch, codec
+from .._impl import state as _state_twin
 from ..state import Record, State, StateError
 from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .damage import PAD_KEEP, diagnose
@@ -216,38 +217,9 @@ def read_layout(lines: Iterable[bytes]) -> tuple[State, int] | None:
         return None
     if state.instances:
         return None
-    instances, known = state.instances, state.nonfunctional
-    after_comma = False  # the line before ends with the comma that owns the next element
-    end = -1
-    for line in it:
-        start = pos
-        pos += len(line)
-        # A batch's trailer follows its last element's room (never part of the slot).
-        if b"\r" in line:
-            line = _strip_trailer(line)[0]
-        if end >= 0:
-            if line.strip(b" "):  # only padding may follow the document
-                return None
-            continue
-        if line == _CLOSE:
-            end = pos
-            continue
-        parsed = codec.parse_element(line)
-        if parsed is None:
-            return None
-        comma, _, instance_id, tags, brief, spec = parsed
-        if instance_id is not None:
-            # Each live element but the first owns the comma before it.
-            if after_comma == (not instances) or instance_id in instances or instance_id in known:
-                return None
-            assert brief is not None and tags is not None  # an element always has both
-            rec = Record(instance_id, brief, spec)
-            # The element's slot runs to the end of its line (its room for labels),
-            # short of the comma there, which belongs to the next element.
-            rec.off, rec.size = start, len(line) - line.endswith(b"\n") - comma
-            state.load(rec, tags)
-        after_comma = comma
-    if end < 0 or after_comma:
+    # The per-element loop is the state twin's (compiled: no interpreted work per line).
+    end = _state_twin.read_elements(it, state, pos, _strip_trailer, _CLOSE)
+    if end < 0:
         return None
     return state, end
 
@@ -453,10 +425,6 @@ class FileStore(batch.Core, Store):
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
         #: Why the store stopped taking changes (a write it could not undo), or None.
         self.stopped: str | None = None
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     # -- opening and closing --------------------------------------------------
 

@@ -1,0 +1,365 @@
+# cython: language_level=3
+"""Compiled twin of ``_state_py`` (the instances in memory): the same classes
+and behaviour, as cdef classes with typed attributes and no per-instance
+``__dict__``; :mod:`.state` re-exports the twin :mod:`._impl` picks."""
+
+import gc
+
+import orjson
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memchr
+
+from infrakit_instance import _codec_c as codec
+from infrakit_instance._state_py import StateError
+
+__all__ = ["Record", "State", "StateError", "read_elements", "set_cache_bytes"]
+
+cdef object _encode_brief = codec.encode_brief
+cdef object _encode_spec = codec.encode_spec
+cdef object _element = codec.element
+cdef object _parse_element = codec.parse_element
+cdef object _join_descriptions = codec.join_descriptions
+cdef object _loads = orjson.loads
+
+
+#: Bytes of Describe answers kept for reuse until the state changes (LRU; --describe-cache).
+cdef Py_ssize_t _cache_bytes = 64 * 1024 * 1024
+
+
+def set_cache_bytes(Py_ssize_t limit):
+    """Set how many bytes of Describe answers every state's cache keeps; the limit before."""
+    global _cache_bytes
+    old, _cache_bytes = _cache_bytes, limit
+    return old
+
+
+cdef Record make_record(str instance_id, bytes brief, object spec):
+    """``Record(instance_id, brief, spec)`` without the call's argument parsing."""
+    cdef Record rec = Record.__new__(Record)
+    rec.id = instance_id
+    rec.brief = brief
+    rec.spec = spec
+    rec.pos = 0
+    rec.off = -1
+    rec.size = 0
+    return rec
+
+
+cdef class Record:
+    """One instance: its encoded brief description and Spec, and its place."""
+
+    def __init__(self, str instance_id, bytes brief, spec):
+        self.id = instance_id
+        self.brief = brief
+        self.spec = spec
+        self.pos = 0
+        self.off = -1
+        self.size = 0
+
+    @property
+    def tags(self):
+        return _loads(self.brief)["Tags"]
+
+    def element(self):
+        return _element(self.brief, self.spec)
+
+    def description(self):
+        """The decoded element, for providers and tools (not the hot path)."""
+        return _loads(self.element())
+
+    @classmethod
+    def from_description(cls, desc, where):
+        """A record of a decoded state-file element, and its tags; :class:`StateError` if malformed."""
+        if not isinstance(desc, dict):
+            raise StateError(f"{where} is not an object")
+        instance_id = desc.get("ID")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise StateError(f"{where} has no string ID")
+        logical_id = desc.get("LogicalID")
+        if logical_id is not None and not isinstance(logical_id, str):
+            raise StateError(f"{where} ({instance_id}): LogicalID must be a string or null")
+        tags = desc.get("Tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise StateError(f"{where} ({instance_id}): Tags must be an object of strings")
+        spec = desc.get("Properties")
+        spec_json = None if spec is None and "Properties" not in desc else _encode_spec(spec)
+        return cls(instance_id, _encode_brief(instance_id, logical_id, tags), spec_json), tags
+
+
+cdef class _AnswerCache:
+    """Describe answers by query, least recently used dropped first once they hold
+    more than :func:`set_cache_bytes` allows (an answer bigger than that is not kept)."""
+
+    def __init__(self):
+        self._answers = {}
+        self.size = 0
+
+    cpdef object get(self, object key):
+        answer = self._answers.pop(key, None)
+        if answer is not None:
+            self._answers[key] = answer  # now the most recently used
+        return answer
+
+    def __setitem__(self, key, answer):
+        limit = _cache_bytes
+        if len(answer) > limit:
+            return
+        answers = self._answers
+        self.size += len(answer)
+        answers[key] = answer
+        while self.size > limit:
+            self.size -= len(answers.pop(next(iter(answers))))
+
+    def __len__(self):
+        return len(self._answers)
+
+    cpdef clear(self):
+        self._answers.clear()
+        self.size = 0
+
+
+cdef class State:
+    """Active instances in array order, the non-functional ones, and the Provider object."""
+
+    def __init__(self):
+        self.instances = {}
+        self.nonfunctional = {}
+        self.provider = b"{}"
+        self._index = {}
+        self._unsorted = set()
+        self._cache = _AnswerCache()
+        self._first = 0
+        self._last = 0
+
+    # -- loading and saving -------------------------------------------------
+
+    @classmethod
+    def from_document(cls, doc):
+        cdef State state
+        cdef Record rec
+        if not isinstance(doc, dict):
+            raise StateError("the state document is not a JSON object")
+        state = cls()
+        provider = doc.get("Provider", {})
+        state.provider = orjson.dumps({} if provider is None else provider)
+        for key in ("Instances", "NonFunctional"):
+            items = doc.get(key)
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                raise StateError(f'"{key}" is not an array')
+            for i, desc in enumerate(items):
+                rec, tags = Record.from_description(desc, f"{key}[{i}]")
+                if state.known(rec.id):
+                    raise StateError(f"{key}[{i}]: instance ID {rec.id!r} appears twice; remove or rename one copy")
+                if key == "Instances":
+                    state.load(rec, tags)
+                else:
+                    state.nonfunctional[rec.id] = rec
+        return state
+
+    cpdef load(self, Record rec, dict tags):
+        """Add an instance read from a state file at the end (no cache to clear yet)."""
+        self._last += 1
+        rec.pos = self._last
+        self.instances[rec.id] = rec
+        self._index_add(rec, tags, True)
+
+    def document(self, slack=0):
+        """The full state file, and each active element's offset in it; each
+        active element followed by ``slack`` spaces (room for labels)."""
+        pad = b" " * slack
+        return codec.encode_document(
+            self.provider,
+            [r.element() for r in self.nonfunctional.values()],
+            [r.element() + pad for r in self.instances.values()]
+            if slack
+            else [r.element() for r in self.instances.values()],
+        )
+
+    # -- reading ---------------------------------------------------------------
+
+    def __len__(self):
+        return len(self.instances)
+
+    def __contains__(self, instance_id):
+        return instance_id in self.instances
+
+    def get(self, instance_id):
+        return self.instances.get(instance_id)
+
+    cpdef bint known(self, object instance_id):
+        return instance_id in self.instances or instance_id in self.nonfunctional
+
+    def describe(self, tags, properties):
+        """The Descriptions array of the active instances matching every tag."""
+        key = (frozenset(tags.items()) if tags else None, properties)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        answer = _join_descriptions(self.select(tags), properties)
+        self._cache[key] = answer
+        return answer
+
+    def select(self, tags):
+        """The active instances having every tag, in array order."""
+        if not tags:
+            return iter(self.instances.values())
+        buckets = []
+        for pair in tags.items():
+            bucket = self._index.get(pair)
+            if not bucket:
+                return []
+            buckets.append((len(bucket), pair, bucket))
+        buckets.sort(key=_first_item)
+        _, pair, bucket = buckets[0]
+        if pair in self._unsorted:
+            ordered = sorted(bucket.values(), key=_pos)
+            bucket.clear()
+            bucket.update((r.id, r) for r in ordered)
+            self._unsorted.discard(pair)
+        if len(buckets) == 1:
+            return list(bucket.values())
+        others = [b[2] for b in buckets[1:]]
+        return [r for r in bucket.values() if all(r.id in other for other in others)]
+
+    # -- changing ----------------------------------------------------------------
+
+    cpdef append(self, Record rec, dict tags):
+        self.load(rec, tags)
+        self._cache.clear()
+
+    def remove(self, instance_id):
+        cdef Record rec = self.instances.pop(instance_id)
+        self._index_remove(rec)
+        self._cache.clear()
+        return rec
+
+    def relabel(self, Record rec, labels):
+        """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
+        cdef Record new
+        desc = _loads(rec.brief)
+        tags = {**desc["Tags"], **labels}
+        new = Record(rec.id, _encode_brief(rec.id, desc["LogicalID"], tags), rec.spec)
+        new.pos, new.off, new.size = rec.pos, rec.off, rec.size
+        self._index_remove(rec)
+        self.instances[rec.id] = new
+        self._index_add(new, tags, False)
+        self._cache.clear()
+        return new
+
+    def to_nonfunctional(self, instance_id):
+        rec = self.remove(instance_id)
+        self.nonfunctional[instance_id] = rec
+        return rec
+
+    def restore_front(self, instance_id):
+        """A recovered instance goes to the front of the array (first candidate kept)."""
+        cdef Record rec = self.nonfunctional.pop(instance_id)
+        self._first -= 1
+        rec.pos = self._first
+        self.instances = {rec.id: rec, **self.instances}
+        self._index_add(rec, rec.tags, False)
+        self._cache.clear()
+        return rec
+
+    def drop_nonfunctional(self, instance_id):
+        return self.nonfunctional.pop(instance_id)
+
+    # -- index -------------------------------------------------------------------
+
+    cpdef _index_add(self, Record rec, dict tags, bint at_end):
+        cdef dict index = self._index
+        cdef dict bucket
+        for pair in tags.items():
+            bucket = index.get(pair)
+            if bucket is None:
+                index[pair] = {rec.id: rec}
+            else:
+                bucket[rec.id] = rec
+                if not at_end:
+                    self._unsorted.add(pair)
+
+    cpdef _index_remove(self, Record rec):
+        cdef dict index = self._index
+        cdef dict bucket
+        for pair in rec.tags.items():
+            bucket = index.get(pair)
+            if bucket is not None:
+                bucket.pop(rec.id, None)
+                if not bucket:
+                    del index[pair]
+                    self._unsorted.discard(pair)
+
+
+def _first_item(b):
+    return b[0]
+
+
+def _pos(r):
+    return (<Record>r).pos
+
+
+def read_elements(it, State state, Py_ssize_t pos, strip_trailer, bytes close):
+    """The element lines of a file of our own layout (after its head, which
+    ended at byte ``pos``) loaded into ``state``, each placed as it is read: where
+    the document ends, or -1 if the file is not of our layout or anything in
+    it is off (see :func:`.store.file.read_layout`).
+
+    The cyclic garbage collector is paused meanwhile: the hundreds of thousands
+    of objects made would trigger collections that find nothing to free (a third
+    of a start-up's time)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_elements(it, state, pos, strip_trailer, close)
+    finally:
+        if paused:
+            gc.enable()
+
+
+cdef Py_ssize_t _read_elements(it, State state, Py_ssize_t pos, strip_trailer, bytes close) except -2:
+    cdef dict instances = state.instances
+    cdef dict known = state.nonfunctional
+    cdef bint after_comma = False  # the line before ends with the comma that owns the next element
+    cdef bint comma
+    cdef Py_ssize_t end = -1, start, n
+    cdef Record rec
+    cdef tuple parsed
+    for line in it:
+        start = pos
+        n = len(line)
+        pos += n
+        # A batch's trailer follows its last element's room (never part of the slot).
+        if type(line) is bytes:
+            if memchr(PyBytes_AS_STRING(line), 13, <size_t>n) != NULL:
+                line = strip_trailer(line)[0]
+        elif b"\r" in line:
+            line = strip_trailer(line)[0]
+        if end >= 0:
+            if line.strip(b" "):  # only padding may follow the document
+                return -1
+            continue
+        if line == close:
+            end = pos
+            continue
+        parsed = _parse_element(line)
+        if parsed is None:
+            return -1
+        comma = parsed[0]
+        instance_id = parsed[2]
+        if instance_id is not None:
+            # Each live element but the first owns the comma before it.
+            if after_comma == (not instances) or instance_id in instances or instance_id in known:
+                return -1
+            rec = make_record(instance_id, parsed[4], parsed[5])
+            # The element's slot runs to the end of its line (its room for labels),
+            # short of the comma there, which belongs to the next element.
+            rec.off = start
+            rec.size = len(line) - line.endswith(b"\n") - comma
+            state.load(rec, parsed[3])
+        after_comma = comma
+    if end < 0 or after_comma:
+        return -1
+    return end
