@@ -221,7 +221,8 @@ cdef class Core:
             self._process()
             self._flush()
         self._update_reading()
-        self.server.idle_changed()
+        if self.server.stopping:  # only a shutdown waits for the plugin to be idle
+            self.server.idle_changed()
 
     cpdef _respond(self, body, keep_alive):
         cdef object head, middle, tail

@@ -12,11 +12,14 @@ import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 from infrakit_instance._rpc_py import compact as _compact_py
 
 from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
+from infrakit_instance._state_c cimport State, make_record
+
+from infrakit_instance._codec_c import encode_brief as _encode_brief, encode_spec as _encode_spec
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -28,6 +31,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "LogicalProvision",
     "PendingCore",
     "RpcError",
     "decode_body",
@@ -342,9 +346,11 @@ def plain_text(body):
 
 cdef bint _plain_text(object body) except -1:
     cdef const unsigned char* p
+    cdef const unsigned char* q
+    cdef const unsigned char* b
     cdef Py_ssize_t i, n, run = 0
     cdef unsigned char c, prev = 0
-    cdef bint in_str = False, neg = False
+    cdef bint neg = False
     if type(body) is not bytes:
         body = bytes(body)
     p = <const unsigned char*>PyBytes_AS_STRING(body)
@@ -354,21 +360,22 @@ cdef bint _plain_text(object body) except -1:
         c = p[i]
         i += 1
         if c == 34:
-            # a string: skipped in a tight loop, its escapes checked
-            in_str = True
-            while i < n:
+            # a string: skipped to the quote that ends it with memchr, its escapes checked
+            while True:
+                q = <const unsigned char*>memchr(p + i, 34, <size_t>(n - i))
+                if q == NULL:
+                    return False  # not closed
+                b = <const unsigned char*>memchr(p + i, 92, <size_t>(q - p - i))
+                if b == NULL:
+                    i = q - p + 1
+                    break
+                i = b - p + 1
+                if i >= n:
+                    return False
                 c = p[i]
                 i += 1
-                if c == 34:
-                    in_str = False
-                    break
-                if c == 92:
-                    if i >= n:
-                        return False
-                    c = p[i]
-                    i += 1
-                    if not (c == 34 or c == 92 or c == 110 or c == 114 or c == 116 or c == 98 or c == 102):
-                        return False
+                if not (c == 34 or c == 92 or c == 110 or c == 114 or c == 116 or c == 98 or c == 102):
+                    return False
             continue
         if c == 92:
             return False
@@ -385,7 +392,7 @@ cdef bint _plain_text(object body) except -1:
                 return False
             run = 0
         prev = c
-    return not in_str
+    return True
 
 
 cdef Py_ssize_t _openers(object body):
@@ -935,7 +942,10 @@ cdef class DispatchCore:
                     if call is not None and call.id_json is not None:
                         id_json = call.id_json
                         try:
-                            result = method(call.params)
+                            if type(method) is LogicalProvision:
+                                result = (<LogicalProvision>method).call(call.params, None)
+                            else:
+                                result = method(call.params)
                         except RpcError as exc:
                             return self._error(id_json, exc.code, exc.message, name)
                         except Exception as exc:  # a bug must answer, not kill the connection
@@ -976,6 +986,10 @@ cdef object _string_map(object value, str what):
 def provision_params(params):
     """The checked params of an Instance.Provision: ``(type_json, spec, tags, logical_id)``,
     or the ``RpcError`` the plugin answers (its checks in its order)."""
+    return _provision_params(params)
+
+
+cdef tuple _provision_params(object params):
     cdef object kind, spec, tags, logical_id, init, attachments, a
     cdef bint ok
     kind = params.get("Type")
@@ -1006,6 +1020,55 @@ def provision_params(params):
         if not ok:
             raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
     return _EMPTY_TYPE, spec, tags, logical_id
+
+
+cdef class LogicalProvision:
+    """Instance.Provision with no provider to act (the logical provider): the params
+    checked, a fresh ID chosen (random like InfraKit's own plugins, checked against
+    every ID in the state and every provision under way), the record handed to the
+    store; the answer (a ``rpc.Pending``) waits for the store to make it durable.
+    ``spec_json``: the Spec's own text from the request, kept as is."""
+
+    cdef object _store
+    cdef object _getrandbits
+    cdef set _proposed
+    cdef object _store_error
+
+    def __init__(self, store, rand, set proposed, store_error):
+        self._store = store
+        self._getrandbits = rand.getrandbits
+        self._proposed = proposed
+        self._store_error = store_error
+
+    def __call__(self, params, spec_json=None):
+        return self.call(params, spec_json)
+
+    cdef object call(self, object params, object spec_json):
+        cdef object type_json, spec, tags, logical_id, state, instance_id, done
+        cdef PendingCore pending
+        type_json, spec, tags, logical_id = _provision_params(params)
+        spec_text = spec_json if spec_json is not None else _encode_spec(spec)
+        state = self._store.state
+        while True:
+            instance_id = f"instance-{self._getrandbits(63)}"
+            if type(state) is State:
+                if (<State>state).known(instance_id):
+                    continue
+            elif state.known(instance_id):
+                continue
+            if instance_id not in self._proposed:
+                break
+        rec = make_record(instance_id, _encode_brief(instance_id, logical_id, tags), spec_text)
+        try:
+            done = self._store.provision(rec, tags)
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        # rpc.Pending(done, answer), without its __init__ call; the ID is "instance-"
+        # and digits: its JSON needs no escapes
+        pending = PendingCore.__new__(_pending_type)
+        pending.done = done
+        pending.answer = b'{"Type":' + type_json + b',"ID":"' + (<str>instance_id).encode() + b'"}'
+        return pending
 
 
 cdef class PendingCore:

@@ -234,7 +234,8 @@ class Core:
             self._process()  # type: ignore[attr-defined]
             self._flush()
         self._update_reading()
-        self.server.idle_changed()
+        if self.server.stopping:  # only a shutdown waits for the plugin to be idle
+            self.server.idle_changed()
 
     def _respond(self, body: Any, keep_alive: bool) -> bytes | list[bytes]:
         if self.server.debug:

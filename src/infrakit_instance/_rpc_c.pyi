@@ -12,6 +12,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "LogicalProvision",
     "PendingCore",
     "RpcError",
     "decode_body",
@@ -86,3 +87,8 @@ class PendingCore:
     def __init__(self, done: Any, answer: bytes, id_json: bytes | None = None, method: str | None = None) -> None: ...
     def _failed(self) -> bytes: ...
     def settle(self) -> bytes: ...
+
+@final
+class LogicalProvision:
+    def __init__(self, store: Any, rand: Any, proposed: set[str], store_error: type[Exception]) -> None: ...
+    def __call__(self, params: dict[str, Any], spec_json: bytes | None = None) -> Any: ...

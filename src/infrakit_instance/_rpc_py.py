@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from . import _codec_py, _state_py
+
 __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
@@ -506,6 +508,38 @@ def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dic
     ):
         raise _params_error('"Spec.Attachments" must be a list of {"ID","Type"} objects or null')
     return type_json, spec, tags, logical_id
+
+
+class LogicalProvision:
+    """Instance.Provision with no provider to act (the logical provider): the params
+    checked, a fresh ID chosen (random like InfraKit's own plugins, checked against
+    every ID in the state and every provision under way), the record handed to the
+    store; the answer (a ``rpc.Pending``) waits for the store to make it durable.
+    ``spec_json``: the Spec's own text from the request, kept as is."""
+
+    __slots__ = ("_getrandbits", "_proposed", "_store", "_store_error")
+
+    def __init__(self, store: Any, rand: Any, proposed: set[str], store_error: type[Exception]) -> None:
+        self._store = store
+        self._getrandbits = rand.getrandbits
+        self._proposed = proposed
+        self._store_error = store_error
+
+    def __call__(self, params: dict[str, Any], spec_json: bytes | None = None) -> Any:
+        type_json, spec, tags, logical_id = provision_params(params)
+        spec_text = spec_json if spec_json is not None else _codec_py.encode_spec(spec)
+        state = self._store.state
+        while True:
+            instance_id = f"instance-{self._getrandbits(63)}"
+            if not state.known(instance_id) and instance_id not in self._proposed:
+                break
+        rec = _state_py.Record(instance_id, _codec_py.encode_brief(instance_id, logical_id, tags), spec_text)
+        try:
+            done = self._store.provision(rec, tags)
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        # the ID is "instance-" and digits: its JSON needs no escapes
+        return _pending_type(done, b'{"Type":' + type_json + b',"ID":"' + instance_id.encode() + b'"}')
 
 
 class PendingCore:

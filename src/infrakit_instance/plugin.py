@@ -37,7 +37,6 @@ Result = bytes | Parts | Pending | Awaitable[bytes]
 _OK = b'{"Type":%s,"OK":true}'
 _EMPTY_TYPE = rpc.EMPTY_TYPE  # b'""'
 _provision_params = rpc.provision_params
-_encode_brief = codec.encode_brief
 _OK_EMPTY = _OK % _EMPTY_TYPE
 _BIG = 64 * 1024  # answers this big are sent in parts, not copied into one buffer
 _APIS = orjson.dumps({"APIs": [{"Name": "Instance", "Version": v} for v in INSTANCE_VERSIONS]})
@@ -87,6 +86,11 @@ class Plugin:
             "Instance.Destroy": self.destroy,
             "Instance.DescribeInstances": self.describe,
         }
+        self._logical: Callable[..., Pending] | None = None
+        if self.provider.logical:
+            # Provision with no provider hooks to await: the compiled twin's, whole.
+            self._logical = rpc.LogicalProvision(store, self._rand, self._proposed, StoreError)
+            self.methods["Instance.Provision"] = self._logical
 
     def quick_answers(self) -> tuple[tuple[bytes, bytes, bool], ...]:
         """The methods whose answer is fixed, for ``rpc.quick``: ``(method, result, empty_type)``,
@@ -132,24 +136,12 @@ class Plugin:
 
     def provision(self, params: dict[str, Any], spec_json: bytes | None = None) -> Result:
         """``spec_json``: the Spec's own text from the request (kept as is, so its numbers round-trip)."""
+        if self._logical is not None:
+            return self._logical(params, spec_json)
         type_json, spec, tags, logical_id = _provision_params(params)  # compiled: the checks of _type and more
         spec_text = spec_json if spec_json is not None else codec.encode_spec(spec)
         # The ID is chosen before the provider acts and handed to it, so that a provider
         # can be idempotent, and clean up what a failed or timed-out provision left.
-        if self.provider.logical:
-            # _new_id and _record, inline: this runs for every provision
-            state = self.store.state
-            while True:
-                instance_id = f"instance-{self._rand.getrandbits(63)}"
-                if not state.known(instance_id) and instance_id not in self._proposed:
-                    break
-            # _record: this runs for every provision
-            rec = Record(instance_id, _encode_brief(instance_id, logical_id, tags), spec_text)
-            try:
-                fut = self.store.provision(rec, tags)
-            except StoreError as exc:
-                raise RpcError(PLUGIN_ERROR, str(exc)) from None
-            return Pending(fut, b'{"Type":' + type_json + b',"ID":' + orjson.dumps(instance_id) + b"}")
         instance_id = self._new_id()
         return self._provision_with_provider(spec, spec_text, tags, logical_id, instance_id, type_json)
 
