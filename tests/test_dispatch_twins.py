@@ -292,3 +292,107 @@ def test_dispatch_core_twins_on_edge_requests(body: bytes) -> None:
         assert got[0] == ("pending", b'{"jsonrpc":"2.0","result":{"a":1},"id":5}', b"5", "Change")
     if b'"Bug"' in body:
         assert b"internal error in Bug: ValueError('a bug')" in got[0]
+
+
+# -- LogicalProvision: Provision for the logical provider, whole in each twin ---------------
+
+
+def _logical_run(twin: Any, path: str, steps: list[Any], seed: int, taken: list[str]) -> list[Any]:
+    import random
+
+    from infrakit_instance.state import Record
+    from infrakit_instance.store import FileStore, StoreError
+
+    async def go() -> list[Any]:
+        store = FileStore(path, fsync=False)
+        await store.open()
+        for iid in taken:  # IDs already in the state: never chosen again
+            await store.provision(Record(iid, _codec_c.encode_brief(iid, None, {}), None), {})
+        rand = random.Random(seed)
+        rand.getrandbits(63)
+        proposed = {f"instance-{rand.getrandbits(63)}"}  # the second draw: a provision under way
+        lp = twin.LogicalProvision(store, random.Random(seed), proposed, StoreError, Record)
+        seen: list[Any] = []
+        for params, spec_json in steps:
+            try:
+                pending = lp(params, spec_json)
+            except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
+                seen.append(("error", exc.code, exc.message))
+                continue
+            assert isinstance(pending, Pending)
+            await pending.done
+            rec = store.state.get(orjson.loads(pending.answer)["ID"])
+            seen.append(("ok", pending.answer, pending.settle(), rec.brief, rec.spec))
+        store.stopped = "the disk is full"
+        try:
+            lp({"Spec": {}}, None)
+        except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
+            seen.append(("stopped", exc.code, exc.message))
+        store.stopped = None
+        seen.append([r.id for r in store.state.instances.values()])
+        await store.close()
+        with open(path, "rb") as f:
+            seen.append(f.read())
+        return seen
+
+    return asyncio.run(go())
+
+
+_LOGICAL_STEPS = st.lists(
+    st.tuples(
+        st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "Type": st.sampled_from(["", None]),
+                    "Spec": st.fixed_dictionaries(
+                        {
+                            "Tags": st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3),
+                            "LogicalID": st.one_of(st.none(), st.text(max_size=4)),
+                            "Properties": _ANY,
+                        }
+                    ),
+                }
+            ),
+            provision_params(),
+        ),
+        st.sampled_from([None, b'{"n":1.50}']),
+    ),
+    max_size=12,
+)
+
+
+@SETTINGS
+@given(_LOGICAL_STEPS, st.integers(0, 2**32), st.booleans())
+def test_logical_provision_twins_agree(steps: list[Any], seed: int, collide: bool) -> None:
+    import random
+    import tempfile
+
+    _rpc_py.use_pending(Pending)  # what envelope.use_pending does for the selected twin
+    taken = [f"instance-{random.Random(seed).getrandbits(63)}"] if collide else []
+    runs = []
+    for twin in TWINS:
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(_logical_run(twin, f"{d}/state.json", steps, seed, taken))
+    assert runs[0] == runs[1]
+    outcomes = runs[0][:-3]
+    assert runs[0][-3] == ("stopped", rpc.envelope.PLUGIN_ERROR, "the disk is full")
+    for (params, spec_json), outcome in zip(steps, outcomes, strict=True):
+        # the same outcome as the checks alone, and what they pass is recorded as sent
+        checked = _outcome(_rpc_py.provision_params, params)
+        if checked[0] != "ok":
+            assert outcome == ("error", checked[2], checked[3])
+            continue
+        _, answer, settled, brief, spec = outcome
+        assert settled == answer
+        iid = orjson.loads(answer)["ID"]
+        assert answer == b'{"Type":"","ID":"' + iid.encode() + b'"}'
+        tags, logical_id = checked[1][2], checked[1][3]
+        assert brief == _codec_c.encode_brief(iid, logical_id, tags)
+        assert spec == (spec_json if spec_json is not None else orjson.dumps(params["Spec"]))
+    ids = [orjson.loads(o[1])["ID"] for o in outcomes if o[0] == "ok"]
+    # Fresh IDs in the seed's order, skipping one in the state already and one proposed.
+    rand = random.Random(seed)
+    draws = [f"instance-{rand.getrandbits(63)}" for _ in range(len(ids) + 2)]
+    skipped = {draws[1], *taken}
+    assert ids == [d for d in draws if d not in skipped][: len(ids)]
+    assert runs[0][-2] == taken + ids

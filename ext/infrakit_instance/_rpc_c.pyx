@@ -17,7 +17,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from infrakit_instance._rpc_py import compact as _compact_py
 
 from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
-from infrakit_instance._state_c cimport State, make_record
+from infrakit_instance._state_c cimport Record, State, make_record
 
 from infrakit_instance._codec_c import encode_brief as _encode_brief, encode_spec as _encode_spec
 
@@ -1033,12 +1033,14 @@ cdef class LogicalProvision:
     cdef object _getrandbits
     cdef set _proposed
     cdef object _store_error
+    cdef object _record
 
-    def __init__(self, store, rand, set proposed, store_error):
+    def __init__(self, store, rand, set proposed, store_error, record=None):
         self._store = store
         self._getrandbits = rand.getrandbits
         self._proposed = proposed
         self._store_error = store_error
+        self._record = Record if record is None else record  # the store's state's Record class
 
     def __call__(self, params, spec_json=None):
         return self.call(params, spec_json)
@@ -1058,7 +1060,11 @@ cdef class LogicalProvision:
                 continue
             if instance_id not in self._proposed:
                 break
-        rec = make_record(instance_id, _encode_brief(instance_id, logical_id, tags), spec_text)
+        brief = _encode_brief(instance_id, logical_id, tags)
+        if self._record is Record:
+            rec = make_record(instance_id, brief, spec_text)
+        else:
+            rec = self._record(instance_id, brief, spec_text)
         try:
             done = self._store.provision(rec, tags)
         except self._store_error as exc:

@@ -517,13 +517,16 @@ class LogicalProvision:
     store; the answer (a ``rpc.Pending``) waits for the store to make it durable.
     ``spec_json``: the Spec's own text from the request, kept as is."""
 
-    __slots__ = ("_getrandbits", "_proposed", "_store", "_store_error")
+    __slots__ = ("_getrandbits", "_proposed", "_record", "_store", "_store_error")
 
-    def __init__(self, store: Any, rand: Any, proposed: set[str], store_error: type[Exception]) -> None:
+    def __init__(
+        self, store: Any, rand: Any, proposed: set[str], store_error: type[Exception], record: Any = None
+    ) -> None:
         self._store = store
         self._getrandbits = rand.getrandbits
         self._proposed = proposed
         self._store_error = store_error
+        self._record = _state_py.Record if record is None else record  # the store's state's Record class
 
     def __call__(self, params: dict[str, Any], spec_json: bytes | None = None) -> Any:
         type_json, spec, tags, logical_id = provision_params(params)
@@ -533,7 +536,7 @@ class LogicalProvision:
             instance_id = f"instance-{self._getrandbits(63)}"
             if not state.known(instance_id) and instance_id not in self._proposed:
                 break
-        rec = _state_py.Record(instance_id, _codec_py.encode_brief(instance_id, logical_id, tags), spec_text)
+        rec = self._record(instance_id, _codec_py.encode_brief(instance_id, logical_id, tags), spec_text)
         try:
             done = self._store.provision(rec, tags)
         except self._store_error as exc:

@@ -89,7 +89,7 @@ class Plugin:
         self._logical: Callable[..., Pending] | None = None
         if self.provider.logical:
             # Provision with no provider hooks to await: the compiled twin's, whole.
-            self._logical = rpc.LogicalProvision(store, self._rand, self._proposed, StoreError)
+            self._logical = rpc.LogicalProvision(store, self._rand, self._proposed, StoreError, Record)
             self.methods["Instance.Provision"] = self._logical
 
     def quick_answers(self) -> tuple[tuple[bytes, bytes, bool], ...]:
