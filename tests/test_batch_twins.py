@@ -21,18 +21,21 @@ from infrakit_instance import _batch_py
 from infrakit_instance._impl import codec
 from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance
-from infrakit_instance.store.file import StoreStopped, load_state_file
+from infrakit_instance.store.file import StoreStopped, load_state_file, tell_core
 
 pytestmark = pytest.mark.compiled
 _batch_c = impls.compiled_modules()[impls.MODULES.index("_batch")]
 for _twin in (_batch_c, _batch_py):  # store.file tells the selected twin only
-    _twin.use(StoreStopped, StoreError, UnknownInstance)
+    tell_core(_twin)
 
 
-def _store_class(core: Any) -> type[FileStore]:
-    """FileStore's own methods over ``core``'s Core (the class the plugin uses has the selected one)."""
+def _store_class(core: Any, one_pass: bool = True) -> type[FileStore]:
+    """FileStore's own methods over ``core``'s Core (the class the plugin uses has the selected one);
+    without ``one_pass``, every batch is cut the general way (``FileStore._cut``), appends too."""
     body = {k: v for k, v in vars(FileStore).items() if k not in ("__dict__", "__weakref__")}
-    return type(f"FileStore_{core.__name__}", (core.Core, *FileStore.__bases__[1:]), body)
+    if not one_pass:
+        body["_cut_appends"] = lambda self: None
+    return type(f"FileStore_{core.__name__}_{one_pass}", (core.Core, *FileStore.__bases__[1:]), body)
 
 
 def test_the_store_class_is_built_on_the_selected_twin() -> None:
@@ -128,12 +131,59 @@ async def _drive(cls: type[FileStore], path: str, ops: list[tuple[str, int, Any]
 )
 @given(ops=OPS)
 def test_both_twins_write_the_same_file_and_keep_the_same_memory(tmp_path: Any, ops: list[Any]) -> None:
+    # Each twin, cutting append batches in one pass (the core's _cut_appends) and the general
+    # way (seal, merge, sign): the same files and memory, all four.
     runs = []
     for twin in (_batch_c, _batch_py):
-        d = tmp_path / twin.__name__ / str(os.urandom(4).hex())
-        d.mkdir(parents=True)
-        runs.append(asyncio.run(_drive(_store_class(twin), str(d / "state.json"), ops)))
-    assert runs[0] == runs[1]
+        for one_pass in (True, False):
+            d = tmp_path / twin.__name__ / str(os.urandom(4).hex())
+            d.mkdir(parents=True)
+            runs.append(asyncio.run(_drive(_store_class(twin, one_pass), str(d / "state.json"), ops)))
+    assert runs[0] == runs[1] == runs[2] == runs[3]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_both_twins_write_the_same_trailers(length: int, crc: int) -> None:
+    from infrakit_instance.store import trailer
+
+    made = _batch_c.trailer(length, crc)
+    assert made == _batch_py.trailer(length, crc)
+    assert len(made) == trailer.SIZE and trailer.decode(made) == (length, crc)
+
+
+@pytest.mark.parametrize("twin", [_batch_c, _batch_py], ids=["compiled", "pure"])
+def test_trailers_refuse_what_32_bits_cannot_hold(twin: Any) -> None:
+    for length, crc in ((2**32, 0), (0, 2**32), (-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match="32-bit"):
+            twin.trailer(length, crc)
+
+
+@pytest.mark.parametrize("twin", [_batch_c, _batch_py], ids=["compiled", "pure"])
+def test_append_batches_are_cut_in_one_pass(tmp_path: Any, twin: Any) -> None:
+    # The one-pass cut is what the writer uses for appends (not only an equal alternative).
+    cuts: list[Any] = []
+    cls = _store_class(twin)
+    plain = cls._cut_appends
+
+    def spy(self: Any) -> Any:
+        cut = plain(self)
+        cuts.append(cut is not None)
+        return cut
+
+    cls._cut_appends = spy  # type: ignore[method-assign]
+
+    async def go() -> None:
+        store = cls(str(tmp_path / "state.json"), fsync=False)
+        await store.open()
+        await asyncio.gather(*(store.provision(_record(n, {"g": "1"}, None), {"g": "1"}) for n in range(5)))
+        await store.destroy("instance-0")
+        await store.close()
+
+    asyncio.run(go())
+    assert cuts == [True, False]  # the appends' batch in one pass; the destroy's the general way
+    assert [r.id for r in load_state_file(str(tmp_path / "state.json")).state.instances.values()] == [
+        f"instance-{n}" for n in range(1, 5)
+    ]
 
 
 @pytest.mark.parametrize("twin", [_batch_c, _batch_py], ids=["compiled", "pure"])

@@ -9,13 +9,18 @@ rest.
 import asyncio
 import collections
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+import zlib
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+from libc.string cimport memcpy, memset
 from cpython.list cimport PyList_GET_SIZE
 
 from infrakit_instance._codec_c import TAIL
 from infrakit_instance._state_c cimport Record, State
 
-__all__ = ["SLACK", "Core", "use"]
+__all__ = ["SLACK", "Core", "trailer", "use"]
 
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
@@ -26,18 +31,44 @@ cdef bytes _CLOSE = b"}"
 cdef bytes _COMMA_NL = b",\n"
 cdef bytes _NL = b"\n"
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _crc32 = zlib.crc32
 cdef object _deque = collections.deque
 
-# The store's errors (``store.file`` imports this module, so it hands them over once, with use()).
+# The store's errors and its file layout's numbers (``store.file`` imports this module,
+# so it hands them over once, with use()).
 cdef object _Stopped = None
 cdef object _Error = None
 cdef object _Unknown = None
+cdef Py_ssize_t _SECTOR = 0, _TRAILER = 0, _PAD_KEEP = 0, _PAD_MIN = 0
 
 
-def use(stopped, error, unknown):
-    """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``."""
-    global _Stopped, _Error, _Unknown
+def use(stopped, error, unknown, *, Py_ssize_t sector, Py_ssize_t trailer, Py_ssize_t pad_keep, Py_ssize_t pad_min):
+    """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
+    its layout (see the pure twin)."""
+    global _Stopped, _Error, _Unknown, _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN
+    if trailer != 66:
+        raise ValueError("a trailer is 66 bytes: two CRs around 64 bits")
     _Stopped, _Error, _Unknown = stopped, error, unknown
+    _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN = sector, trailer, pad_keep, pad_min
+
+
+cdef void _put_trailer(char* p, unsigned long length, unsigned long crc) noexcept:
+    cdef int i
+    p[0] = 13
+    for i in range(32):
+        p[1 + i] = 9 if (crc >> (31 - i)) & 1 else 32
+        p[33 + i] = 9 if (length >> (31 - i)) & 1 else 32
+    p[65] = 13
+
+
+def trailer(length, crc):
+    """The trailer of a batch of ``length`` bytes whose crc32 is ``crc`` (see the pure twin)."""
+    if length < 0 or crc < 0 or length >> 32 or crc >> 32:
+        raise ValueError("a trailer holds a 32-bit length and crc32")
+    cdef unsigned long n = length, c = crc
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 66)
+    _put_trailer(PyBytes_AS_STRING(out), n, c)
+    return out
 
 
 cdef class Core:
@@ -59,6 +90,8 @@ cdef class Core:
     cdef public Py_ssize_t _changes
     cdef public Py_ssize_t _want
     cdef public bint _in_place
+    cdef public Py_ssize_t _size
+    cdef public bint _checked
 
     def __cinit__(self, *args, **kwargs):
         self._writes = []
@@ -194,6 +227,60 @@ cdef class Core:
         if PyList_GET_SIZE(self._run):
             self._join()
         return self._writes
+
+    def _cut_appends(self):
+        """Cut a batch of appends only: sealed, joined and signed at once (see the pure
+        twin); the bytes made in one buffer, the checksum written into it."""
+        cdef Py_ssize_t pos = self._tip, start = self._append_from, room, pad, end, reach, size, total, n, k
+        cdef list writes = self._writes
+        cdef tuple first
+        cdef bytes data, out
+        cdef char* p
+        if pos < 0 or start < 0 or self._in_place or PyList_GET_SIZE(writes) != 1:
+            return None
+        first = <tuple>writes[0]
+        if first[0] != start:
+            return None
+        room = _SECTOR - pos % _SECTOR
+        pad = 0 if room >= _TRAILER + _TAIL_LEN else room
+        end = pos + pad + _TRAILER + _TAIL_LEN
+        reach = self._end
+        size = self._size
+        if end + _PAD_KEEP > size:
+            size = end + max(_PAD_MIN, end // 8)
+            total = size - start
+        else:
+            total = max(end, reach) - start
+        n = PyBytes_GET_SIZE(<bytes>first[1])
+        for data in self._run:
+            n += PyBytes_GET_SIZE(data)
+        if n != pos - start:
+            raise AssertionError("an append batch's writes run from its first append to its tip")
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = PyBytes_AS_STRING(out)
+        data = <bytes>first[1]
+        k = PyBytes_GET_SIZE(data)
+        memcpy(p, PyBytes_AS_STRING(data), k)
+        for data in self._run:
+            memcpy(p + k, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            k += PyBytes_GET_SIZE(data)
+        memset(p + k, 32, pad)
+        k += pad
+        crc = _crc32(PyMemoryView_FromMemory(p, k, PyBUF_READ))
+        _put_trailer(p + k, <unsigned long>k, <unsigned long>crc)
+        k += _TRAILER
+        memcpy(p + k, PyBytes_AS_STRING(TAIL), _TAIL_LEN)
+        k += _TAIL_LEN
+        memset(p + k, 32, total - k)  # up to the old end, and the padding grown
+        if size != self._size:
+            self._size = size
+        self._tip = self._append_from = -1
+        self._writes = []
+        self._run = []
+        self._run_end = start + total
+        self._end = end
+        self._checked = True
+        return start, out
 
     def _waiter(self):
         return self._take()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from ._codec_py import TAIL
@@ -19,23 +20,39 @@ from ._codec_py import TAIL
 if TYPE_CHECKING:
     from .state import State
 
-__all__ = ["SLACK", "Core", "use"]
+__all__ = ["SLACK", "Core", "trailer", "use"]
 
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
 _PAD = b" " * SLACK
 _TAIL_LEN = len(TAIL)
 
-# The store's errors (``store.file`` imports this module's twin, so it hands them over once, with use()).
+# The store's errors and its file layout's numbers (``store.file`` imports this module's
+# twin, so it hands them over once, with use()).
 _Stopped: Any = None
 _Error: Any = None
 _Unknown: Any = None
+_SECTOR = _TRAILER = _PAD_KEEP = _PAD_MIN = 0
 
 
-def use(stopped: type, error: type, unknown: type) -> None:
-    """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``."""
-    global _Stopped, _Error, _Unknown
+def use(stopped: type, error: type, unknown: type, *, sector: int, trailer: int, pad_keep: int, pad_min: int) -> None:
+    """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
+    its layout: the sector its trailers keep to, a trailer's size, the padding kept past the
+    document at least, and the least it grows by."""
+    global _Stopped, _Error, _Unknown, _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN
     _Stopped, _Error, _Unknown = stopped, error, unknown
+    _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN = sector, trailer, pad_keep, pad_min
+
+
+def trailer(length: int, crc: int) -> bytes:
+    """The trailer of a batch of ``length`` bytes whose crc32 is ``crc``: its bits (crc, then
+    length, most significant first) as spaces (0) and tabs (1) between two CRs."""
+    if length < 0 or crc < 0 or length >> 32 or crc >> 32:
+        raise ValueError("a trailer holds a 32-bit length and crc32")
+    return b"\r" + f"{crc:032b}{length:032b}".encode().translate(_BITS) + b"\r"
+
+
+_BITS = bytes.maketrans(b"01", b" \t")
 
 
 class Core:
@@ -58,6 +75,8 @@ class Core:
     _changes: int
     _want: int
     _in_place: bool
+    _size: int  # the file's size: the document and the padding after it
+    _checked: bool  # the last trailer carries a checksum (not NO_CHECK)
 
     @property
     def state(self) -> State:
@@ -172,6 +191,35 @@ class Core:
         if self._run:
             self._join_run()
         return self._writes
+
+    def _cut_appends(self) -> tuple[int, bytes] | None:
+        """Cut a batch of appends only: sealed, joined and signed at once (what the store's
+        ``_seal``, ``_joined_writes`` and ``_sign`` do to it, in one pass).  The one region
+        it writes, ``(offset, bytes)``: its elements, the spaces that put the trailer and
+        the closing bytes in one sector, the trailer with the checksum of all before it,
+        the closing bytes and the padding; None, and nothing changed, for any other batch."""
+        pos, start, writes = self._tip, self._append_from, self._writes
+        if pos < 0 or start < 0 or self._in_place or len(writes) != 1 or writes[0][0] != start:
+            return None
+        room = _SECTOR - pos % _SECTOR
+        pad = 0 if room >= _TRAILER + _TAIL_LEN else room
+        end = pos + pad + _TRAILER + _TAIL_LEN
+        body = b"".join([writes[0][1], *self._run, b" " * pad])
+        parts = [body, trailer(len(body), zlib.crc32(body)), TAIL]
+        reach = self._end  # a relayout that shrank the document leaves its old end as padding
+        if end < reach:
+            parts.append(b" " * (reach - end))
+        if end + _PAD_KEEP > self._size:
+            size = end + max(_PAD_MIN, end // 8)
+            parts.append(b" " * (size - max(end, reach)))
+            self._size = size
+        out = b"".join(parts)
+        self._tip = self._append_from = -1
+        self._writes, self._run = [], []
+        self._run_end = start + len(out)
+        self._end = end
+        self._checked = True
+        return start, out
 
     def _waiter(self) -> asyncio.Future[None]:
         # One future per batch, shared by all its changes: one completion answers them all.

@@ -45,7 +45,7 @@ from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .damage import PAD_KEEP, diagnose
 from .disk import Disk
 from .journal import Journal, JournalStuck, Region, apply, apply_records, replay, replayed_image
-from .trailer import NO_CHECK, Tail, torn_tail
+from .trailer import NO_CHECK, SECTOR, Tail, torn_tail
 from .trailer import SIZE as _TRAILER
 from .trailer import encode as _trailer
 from .trailer import place as _trailer_pad
@@ -284,7 +284,14 @@ class StoreStopped(StoreError):
     """The store stopped taking changes after a write it could not undo."""
 
 
-batch.use(StoreStopped, StoreError, UnknownInstance)
+def tell_core(twin: Any) -> None:
+    """Hand a batch core twin the store's errors and layout (done for the selected one here)."""
+    twin.use(
+        StoreStopped, StoreError, UnknownInstance, sector=SECTOR, trailer=_TRAILER, pad_keep=PAD_KEEP, pad_min=_PAD_MIN
+    )
+
+
+tell_core(batch)
 
 
 def _makedirs(path: str) -> None:
@@ -780,16 +787,12 @@ class FileStore(batch.Core, Store):
                     doc = self._plan_rewrite()
                     await executor.run(loop, self._replace_file, doc)
                 else:
-                    self._seal()
-                    writes, self._writes = self._joined_writes(), []
-                    append, self._in_place = not self._in_place, False
-                    size = self._size
-                    if append:
-                        regions = _merge(writes, size)
-                        if self._append_from >= 0:
-                            regions = self._sign(regions)
-                    else:  # journaled: the journal joins the writes chunk by chunk (Journal.log)
-                        regions = [Region(off, data[: size - off]) for off, data in writes if off < size]
+                    cut = self._cut_appends()  # the common batch, appends only: the core's, in one pass
+                    if cut is not None:
+                        append, size = True, self._size
+                        regions = [Region(*cut)]
+                    else:
+                        regions, append, size = self._cut()
                     self._append_from = -1
                     if overlap:
                         await executor.run(loop, self._commit, regions, append, size)
@@ -808,6 +811,21 @@ class FileStore(batch.Core, Store):
                         await executor.run(loop, self._checkpoint)
                     else:
                         self._checkpoint()
+
+    def _cut(self) -> tuple[list[Region], bool, int]:
+        """Cut any other batch: sealed, its writes merged into regions (journaled unless
+        appends only), an append batch signed; ``(regions, append, size)``."""
+        self._seal()
+        writes, self._writes = self._joined_writes(), []
+        append, self._in_place = not self._in_place, False
+        size = self._size
+        if append:
+            regions = _merge(writes, size)
+            if self._append_from >= 0:
+                regions = self._sign(regions)
+        else:  # journaled: the journal joins the writes chunk by chunk (Journal.log)
+            regions = [Region(off, data[: size - off]) for off, data in writes if off < size]
+        return regions, append, size
 
     def _commit(self, regions: list[Region], append: bool, new_size: int) -> None:
         """Make one batch durable with one sync (on the writer thread when syncs are on)."""

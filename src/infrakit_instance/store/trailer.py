@@ -34,21 +34,20 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from .._impl import codec
+from .._impl import batch, codec
 
 __all__ = ["NO_CHECK", "SECTOR", "SIZE", "Tail", "encode", "find_last", "place", "strip", "torn_tail"]
 
 SECTOR = 512
 SIZE = 66
-_BITS = bytes.maketrans(b"01", b" \t")
 _UNBITS = bytes.maketrans(b" \t", b"01")
 _CLOSE = codec.TAIL
 _WS = b" \t"
 
 
-def encode(length: int, crc: int) -> bytes:
-    """The trailer of a batch of ``length`` bytes whose crc32 is ``crc``."""
-    return b"\r" + f"{crc:032b}{length:032b}".encode().translate(_BITS) + b"\r"
+#: The trailer of a batch of ``length`` bytes whose crc32 is ``crc``: ``encode(length, crc)``
+#: (the batch core's, which also writes it into an append batch as it is cut).
+encode = batch.trailer
 
 
 #: The trailer that asks for no check: after a rewrite, or a journaled batch.
