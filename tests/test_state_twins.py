@@ -51,6 +51,7 @@ def _snapshot(state: Any) -> Any:
         recs(state.nonfunctional),
         state.provider,
         len(state),
+        state.placed_size(2),
         {pair: [r.id for r in state.select(dict([pair]))] for pair in sorted(state._index)},
         state.document(),
         state.document(3),

@@ -5,6 +5,8 @@ and behaviour, as cdef classes with typed attributes and no per-instance
 
 import gc
 
+cimport cython
+
 import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -46,7 +48,11 @@ cdef Record make_record(str instance_id, bytes brief, object spec):
     return rec
 
 
+@cython.no_gc
 cdef class Record:
+    # Not tracked by the cyclic garbage collector: a record refers to its ID (str), its brief
+    # description and Spec (bytes, or None), never to a container that could lead back to it;
+    # a state of 100,000 instances is then 100,000 objects fewer for every collection to scan.
     """One instance: its encoded brief description and Spec, and its place."""
 
     def __init__(self, str instance_id, bytes brief, spec):
@@ -179,6 +185,14 @@ cdef class State:
         )
 
     # -- reading ---------------------------------------------------------------
+
+    def placed_size(self, Py_ssize_t extra):
+        """The sum of the active instances' ``size`` (their place in the file), ``extra`` more each."""
+        cdef Py_ssize_t total = 0
+        cdef Record rec
+        for rec in self.instances.values():
+            total += rec.size
+        return total + extra * len(self.instances)
 
     def __len__(self):
         return len(self.instances)

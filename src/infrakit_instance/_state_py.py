@@ -175,6 +175,10 @@ class State:
 
     # -- reading ---------------------------------------------------------------
 
+    def placed_size(self, extra: int) -> int:
+        """The sum of the active instances' ``size`` (their place in the file), ``extra`` more each."""
+        return sum(r.size for r in self.instances.values()) + extra * len(self.instances)
+
     def __len__(self) -> int:
         return len(self.instances)
 

@@ -541,7 +541,7 @@ class FileStore(batch.Core, Store):
             self._end = end
             self._checked = True  # at worst a needless NO_CHECK write later
             self._size = self._disk_size = size
-            self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
+            self._live = state.placed_size(2) + end // 64
             log.info("state file %s: %d instances, %d non-functional", self.path, len(state), len(state.nonfunctional))
         else:
             if size and loaded.repaired is None:
@@ -997,7 +997,7 @@ class FileStore(batch.Core, Store):
         self._order = None
         self._end, self._size = end, len(data)
         self._disk_size = len(data)
-        self._live = sum(r.size + 2 for r in state.instances.values()) + end // 64
+        self._live = state.placed_size(2) + end // 64
 
 
 def _merge(writes: list[tuple[int, bytes]], end: int) -> list[Region]:
