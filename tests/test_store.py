@@ -801,3 +801,21 @@ def test_a_line_loses_exactly_the_trailer_decode_reads(line: bytes) -> None:
         assert (stripped, at) == (line[:i] + line[i + trailer.SIZE :], i)
     else:
         assert (stripped, at) == (line, -1)
+
+
+def test_close_writes_a_change_nobody_awaited(tmp_path: Path) -> None:
+    # A change queued just before close() (a notification's: nobody waits for its write) is
+    # written and close() returns: its wake-up and close()'s are one, the writer must see both.
+    path = tmp_path / "state.json"
+
+    async def go() -> None:
+        store = FileStore(str(path), fsync=False)
+        await store.open()
+        rec = record(1)
+        store.provision(rec, rec.given_tags)
+        watchdog = asyncio.get_running_loop().call_later(10, asyncio.current_task().cancel)  # type: ignore[union-attr]
+        await store.close()  # in this task, before the writer has run: not in a task of its own
+        watchdog.cancel()
+
+    asyncio.run(go())
+    assert [r.id for r in load_state_file(str(path)).state.instances.values()] == ["id-1"]

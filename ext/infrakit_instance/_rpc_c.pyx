@@ -12,6 +12,7 @@ import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.string cimport memchr, memcmp, memcpy
 
 from infrakit_instance._rpc_py import compact as _compact_py
@@ -911,6 +912,24 @@ cdef class DispatchCore:
     def handle(self, body):
         cdef object doc, ident, kind, name, method, id_json, result
         cdef Call call
+        cdef tuple scan
+        if type(body) is bytes and type(self.methods) is dict and (<bytes>body).find(_PROVISION) >= 0:
+            method = (<dict>self.methods).get("Instance.Provision")
+            if type(method) is LogicalProvision:
+                # A plain Provision for the logical provider, read from its text (see _scan_provision).
+                scan = _scan_provision(<bytes>body)
+                if scan is not None:
+                    id_json = scan[0]
+                    try:
+                        result = (<LogicalProvision>method).call_text(scan[1], scan[2], scan[3], scan[4])
+                    except RpcError as exc:
+                        return self._error(id_json, exc.code, exc.message, "Instance.Provision")
+                    except Exception as exc:  # a bug must answer, not kill the connection
+                        return self._fail(id_json, "Instance.Provision", exc)
+                    (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
+                    (<PendingCore>result).id_json = id_json
+                    (<PendingCore>result).method = "Instance.Provision"
+                    return result
         try:
             doc = _decode_body(body)
         except RpcError as exc:
@@ -1046,11 +1065,24 @@ cdef class LogicalProvision:
         return self.call(params, spec_json)
 
     cdef object call(self, object params, object spec_json):
-        cdef object type_json, spec, tags, logical_id, state, instance_id, done
-        cdef PendingCore pending
+        cdef object type_json, spec, tags, logical_id, instance_id
         type_json, spec, tags, logical_id = _provision_params(params)
         spec_text = spec_json if spec_json is not None else _encode_spec(spec)
-        state = self._store.state
+        instance_id = self._new_id()
+        return self._finish(instance_id, _encode_brief(instance_id, logical_id, tags), spec_text, tags)
+
+    cdef object call_text(self, dict tags, bytes logical_id_json, bytes tags_json, bytes spec_text):
+        """Provision of a Spec read by ``_scan_provision``: the brief description spliced from
+        the request's own text (what orjson would write of it: the scan made sure)."""
+        cdef object instance_id = self._new_id()
+        cdef bytes brief = b"".join(
+            (b'{"ID":"', (<str>instance_id).encode(), b'","LogicalID":', logical_id_json, b',"Tags":', tags_json, b"}")
+        )
+        return self._finish(instance_id, brief, spec_text, tags)
+
+    cdef object _new_id(self):
+        cdef object state = self._store.state
+        cdef object instance_id
         while True:
             instance_id = f"instance-{self._getrandbits(63)}"
             if type(state) is State:
@@ -1059,8 +1091,11 @@ cdef class LogicalProvision:
             elif state.known(instance_id):
                 continue
             if instance_id not in self._proposed:
-                break
-        brief = _encode_brief(instance_id, logical_id, tags)
+                return instance_id
+
+    cdef object _finish(self, object instance_id, bytes brief, object spec_text, object tags):
+        cdef object done
+        cdef PendingCore pending
         if self._record is Record:
             rec = make_record(instance_id, brief, spec_text)
         else:
@@ -1073,8 +1108,291 @@ cdef class LogicalProvision:
         # and digits: its JSON needs no escapes
         pending = PendingCore.__new__(_pending_type)
         pending.done = done
-        pending.answer = b'{"Type":' + type_json + b',"ID":"' + (<str>instance_id).encode() + b'"}'
+        pending.answer = b'{"Type":"","ID":"' + (<str>instance_id).encode() + b'"}'
         return pending
+
+
+# -- a Provision read from its text: no JSON objects built but its tags ---------------------
+
+# The bytes of a string orjson writes as they are: printable ASCII but the quote and the
+# backslash (escapes are judged one by one).
+cdef unsigned char _S_RAW[256]
+# The escapes orjson writes itself (\" \\ \n \r \t \b \f): text that holds only these reads
+# and writes back the same.
+cdef unsigned char _S_ESC[256]
+
+
+cdef void _s_init() noexcept:
+    cdef int c
+    for c in range(256):
+        _S_RAW[c] = 0x20 <= c < 0x7F and c != 34 and c != 92
+        _S_ESC[c] = c in (34, 92, 110, 114, 116, 98, 102)
+
+
+_s_init()
+
+cdef enum:
+    _S_KEYS = 24  # members of one object the scan checks for duplicates; more: declined
+
+
+cdef Py_ssize_t _s_string(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint* escaped) noexcept:
+    """The end of the string at ``p[i] == '"'`` in the form orjson writes, or -1."""
+    i += 1
+    while True:
+        while i < n and _S_RAW[p[i]]:
+            i += 1
+        if i >= n:
+            return -1
+        if p[i] == 34:
+            return i + 1
+        if p[i] != 92 or i + 1 >= n or not _S_ESC[p[i + 1]]:
+            return -1
+        escaped[0] = True
+        i += 2
+
+
+cdef Py_ssize_t _s_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth) noexcept:
+    """The end of the compact JSON value at ``p[i]`` in the form orjson writes (no space, no
+    float, integers of at most 19 digits (18 negative) and never -0, no object key twice), or -1."""
+    cdef unsigned char c
+    cdef bint escaped = False
+    cdef Py_ssize_t start, k
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == 34:
+        return _s_string(p, n, i, &escaped)
+    if c == 123:
+        return _s_object(p, n, i, depth, NULL)
+    if c == 91:
+        if depth >= _QUICK_DEPTH:
+            return -1
+        i += 1
+        if i < n and p[i] == 93:
+            return i + 1
+        while True:
+            i = _s_value(p, n, i, depth + 1)
+            if i < 0 or i >= n:
+                return -1
+            if p[i] == 93:
+                return i + 1
+            if p[i] != 44:
+                return -1
+            i += 1
+    if c == 116:
+        return _q_literal(p, n, i, b"true", 4)
+    if c == 102:
+        return _q_literal(p, n, i, b"false", 5)
+    if c == 110:
+        return _q_literal(p, n, i, b"null", 4)
+    start = i
+    if c == 45:
+        i += 1
+    if i >= n:
+        return -1
+    if p[i] == 48:
+        if c == 45:
+            return -1  # -0, or -0 and more: orjson reads another number
+        i += 1
+    else:
+        k = i
+        i = _q_digits(p, n, i)
+        if i == k or i - k > (18 if c == 45 else 19):
+            return -1  # orjson reads these as 64-bit integers (negative: signed; else unsigned)
+    if i < n and (p[i] == 46 or p[i] == 101 or p[i] == 69 or 48 <= p[i] <= 57):
+        return -1  # a float (orjson writes it its own way), or a leading zero
+    return i
+
+
+cdef Py_ssize_t _s_object(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, Py_ssize_t* spans) noexcept:
+    """The end of the object at ``p[i] == '{'`` (see _s_value), or -1.  With ``spans``, a
+    top-level member's key and value spans are put there, 4 numbers each: key start and
+    end, value start and end (at most ``_S_KEYS`` members)."""
+    cdef Py_ssize_t ks[_S_KEYS]
+    cdef Py_ssize_t kl[_S_KEYS]
+    cdef Py_ssize_t m = 0, j, start, vs
+    cdef bint escaped = False
+    if spans != NULL:
+        spans[0] = -1
+    if depth >= _QUICK_DEPTH:
+        return -1
+    i += 1
+    if i < n and p[i] == 125:
+        return i + 1
+    while True:
+        if i >= n or p[i] != 34 or m >= _S_KEYS:
+            return -1
+        start = i
+        i = _s_string(p, n, i, &escaped)
+        if i < 0:
+            return -1
+        for j in range(m):  # a key twice: orjson keeps the last, the text has both
+            if kl[j] == i - start and memcmp(p + ks[j], p + start, <size_t>(i - start)) == 0:
+                return -1
+        ks[m] = start
+        kl[m] = i - start
+        if i >= n or p[i] != 58:
+            return -1
+        vs = i + 1
+        i = _s_value(p, n, vs, depth + 1)
+        if i < 0 or i >= n:
+            return -1
+        if spans != NULL:
+            spans[4 * m] = start
+            spans[4 * m + 1] = start + kl[m]
+            spans[4 * m + 2] = vs
+            spans[4 * m + 3] = i
+        m += 1
+        if p[i] == 125:
+            if spans != NULL and m < _S_KEYS:
+                spans[4 * m] = -1
+            return i + 1
+        if p[i] != 44:
+            return -1
+        i += 1
+
+
+cdef inline bint _s_is(const unsigned char* p, Py_ssize_t* spans, Py_ssize_t j, const char* key, Py_ssize_t k) noexcept:
+    return spans[4 * j + 1] - spans[4 * j] == k + 2 and memcmp(p + spans[4 * j] + 1, key, <size_t>k) == 0
+
+
+cdef tuple _scan_provision(bytes body):
+    """A compact Instance.Provision request whose text is what orjson would write of it, read
+    without building its objects: ``(id_json, tags, logical_id_json, tags_json, spec_text)``;
+    None for anything else (the dispatcher then reads it the usual way, which answers the
+    same).  Its params are the Spec and at most an empty "Type"; the Spec's "Tags" an object
+    of plain strings (no escapes), its "LogicalID" and "Init" null or strings, its
+    "Attachments" null or a list of objects."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t top[4 * _S_KEYS]
+    cdef Py_ssize_t params[4 * _S_KEYS]
+    cdef Py_ssize_t spec[4 * _S_KEYS]
+    cdef Py_ssize_t tagm[4 * _S_KEYS]
+    cdef Py_ssize_t j, a, b, e, c, ids = -1, ide = -1, ps = -1, ss = -1, se = -1, ts = -1, te = -1, ls = -1, le = -1
+    cdef int seen = 0
+    cdef bint escaped
+    cdef dict tags
+    if n < 2 or p[0] != 123:
+        return None
+    e = _s_object(p, n, 0, 0, top)
+    if e < 0 or _q_ws(p, n, e) != n:
+        return None
+    for j in range(_S_KEYS):
+        a = top[4 * j]
+        if a < 0:
+            break
+        a, b = top[4 * j + 2], top[4 * j + 3]
+        if _s_is(p, top, j, b"jsonrpc", 7):
+            if b - a != 5 or memcmp(p + a, b'"2.0"', 5) != 0:
+                return None
+            seen |= 1
+        elif _s_is(p, top, j, b"method", 6):
+            if b - a != 20 or memcmp(p + a, b'"Instance.Provision"', 20) != 0:
+                return None
+            seen |= 2
+        elif _s_is(p, top, j, b"params", 6):
+            if p[a] != 123:
+                return None
+            ps = a
+            seen |= 4
+        elif _s_is(p, top, j, b"id", 2):
+            if p[a] == 34:
+                escaped = False
+                if _s_string(p, n, a, &escaped) != b or escaped:
+                    return None
+            elif p[a] == 45 or 48 <= p[a] <= 57:
+                pass  # an integer, as _s_value read it
+            else:
+                return None  # null: answered the usual way
+            ids, ide = a, b
+            seen |= 8
+        else:
+            return None
+    if seen != 15:
+        return None
+    _s_object(p, n, ps, 1, params)
+    for j in range(_S_KEYS):
+        a = params[4 * j]
+        if a < 0:
+            break
+        a, b = params[4 * j + 2], params[4 * j + 3]
+        if _s_is(p, params, j, b"Type", 4):
+            if not ((b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)):
+                return None  # a Type named: answered the usual way
+        elif _s_is(p, params, j, b"Spec", 4):
+            if p[a] != 123:
+                return None
+            ss, se = a, b
+        else:
+            return None
+    if ss < 0:
+        return None
+    _s_object(p, n, ss, 2, spec)
+    for j in range(_S_KEYS):
+        a = spec[4 * j]
+        if a < 0:
+            break
+        a, b = spec[4 * j + 2], spec[4 * j + 3]
+        if _s_is(p, spec, j, b"Tags", 4):
+            if p[a] == 123:
+                ts, te = a, b
+            elif p[a] != 110:
+                return None
+        elif _s_is(p, spec, j, b"LogicalID", 9):
+            if p[a] == 34 or p[a] == 110:
+                ls, le = a, b
+            else:
+                return None
+        elif _s_is(p, spec, j, b"Init", 4):
+            if p[a] != 34 and p[a] != 110:
+                return None
+        elif _s_is(p, spec, j, b"Attachments", 11):
+            if p[a] == 91:
+                # a list of objects: each element starts one
+                e = a + 1
+                if p[e] != 93:
+                    while True:
+                        if p[e] != 123:
+                            return None
+                        e = _s_object(p, n, e, 4, NULL)
+                        if p[e] == 93:
+                            break
+                        e += 1  # the comma
+            elif p[a] != 110:
+                return None
+    tags = {}
+    if ts >= 0:
+        _s_object(p, n, ts, 3, tagm)
+        for j in range(_S_KEYS):
+            a = tagm[4 * j]
+            if a < 0:
+                break
+            b, c, e = tagm[4 * j + 1], tagm[4 * j + 2], tagm[4 * j + 3]
+            if p[c] != 34 or memchr(p + a, 92, <size_t>(b - a)) != NULL or memchr(p + c, 92, <size_t>(e - c)) != NULL:
+                return None  # a value other than a string, or an escape to decode
+            tags[PyUnicode_DecodeASCII(<const char*>p + a + 1, b - a - 2, NULL)] = PyUnicode_DecodeASCII(
+                <const char*>p + c + 1, e - c - 2, NULL
+            )
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + ids, ide - ids),
+        tags,
+        PyBytes_FromStringAndSize(<const char*>p + ls, le - ls) if ls >= 0 else _NULL,
+        PyBytes_FromStringAndSize(<const char*>p + ts, te - ts) if ts >= 0 else _EMPTY_OBJECT,
+        PyBytes_FromStringAndSize(<const char*>p + ss, se - ss),
+    )
+
+
+def scan_provision(body):
+    """What the dispatcher reads of a plain Provision body without building its objects:
+    ``(id_json, tags, logical_id_json, tags_json, spec_text)``, or None (read the usual way);
+    compiled only (the pure twin reads every body the usual way, with the same answers)."""
+    return _scan_provision(body) if type(body) is bytes else None
+
+
+cdef bytes _NULL = b"null"
+cdef bytes _EMPTY_OBJECT = b"{}"
+cdef bytes _PROVISION = b'"Instance.Provision"'
 
 
 cdef class PendingCore:

@@ -757,11 +757,13 @@ class FileStore(batch.Core, Store):
         overlap = self.disk.sync and self.disk.overlap
         want, hold = 0, 0.0  # changes the next batch waits for, and for how long at most
         while True:
+            if self._closing and not self._waiters:
+                # Closed while a batch was being written: its wake-up was that batch's (a change
+                # nobody waits for, such as a notification's, may be the last before close()).
+                return
             await self._wake.wait()
             self._wake.clear()
             if not self._waiters:
-                if self._closing:
-                    return
                 continue
             if overlap and self._changes < want and not self._closing:
                 # The clients of the batch just answered come back soon: let the batch
