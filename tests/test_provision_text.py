@@ -305,3 +305,19 @@ def test_a_taken_provision_is_recorded_from_its_own_text() -> None:
         )
     ]
     assert seen[2] == [(("g", "w"), [iid]), (("r", "x"), [iid])]
+
+
+@pytest.mark.parametrize("name", ["new-Instance.Provision.txt", "old-Instance.Provision.txt"])
+def test_the_go_clients_provision_is_read_from_its_text(name: str) -> None:
+    # The exact bytes InfraKit's Go clients send: the shape the scan is for.
+    from pathlib import Path
+
+    text = (Path(__file__).parent / "wire" / name).read_text()
+    request = text.split("### reference")[0]
+    body = request.split("\n\n", 1)[1].strip().encode()
+    scan = _rpc_c.scan_provision(body)
+    assert scan is not None
+    doc = orjson.loads(body)
+    assert scan[0] == str(doc["id"]).encode()
+    assert scan[4] == orjson.dumps(doc["params"]["Spec"])
+    assert _compare(body)[0][0] == "pending"
