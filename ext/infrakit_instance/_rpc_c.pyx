@@ -1135,6 +1135,15 @@ cdef enum:
     _S_KEYS = 24  # members of one object the scan checks for duplicates; more: declined
 
 
+cdef struct _Capture:
+    # Where an object's members go as it is scanned (4 numbers each: key start and end,
+    # value start and end; -1 after the last), and which member's object is captured in turn.
+    Py_ssize_t* spans
+    const char* child_key
+    Py_ssize_t child_len
+    _Capture* child
+
+
 cdef Py_ssize_t _s_string(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint* escaped) noexcept:
     """The end of the string at ``p[i] == '"'`` in the form orjson writes, or -1."""
     i += 1
@@ -1204,16 +1213,15 @@ cdef Py_ssize_t _s_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int
     return i
 
 
-cdef Py_ssize_t _s_object(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, Py_ssize_t* spans) noexcept:
-    """The end of the object at ``p[i] == '{'`` (see _s_value), or -1.  With ``spans``, a
-    top-level member's key and value spans are put there, 4 numbers each: key start and
-    end, value start and end (at most ``_S_KEYS`` members)."""
+cdef Py_ssize_t _s_object(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth, _Capture* cap) noexcept:
+    """The end of the object at ``p[i] == '{'`` (see _s_value), or -1; with ``cap``, its
+    members' spans are kept, and the object of the member ``cap.child_key`` captured into
+    ``cap.child`` as it is scanned (one pass over the text)."""
     cdef Py_ssize_t ks[_S_KEYS]
     cdef Py_ssize_t kl[_S_KEYS]
     cdef Py_ssize_t m = 0, j, start, vs
     cdef bint escaped = False
-    if spans != NULL:
-        spans[0] = -1
+    cdef Py_ssize_t* spans = cap.spans if cap != NULL else NULL
     if depth >= _QUICK_DEPTH:
         return -1
     i += 1
@@ -1234,7 +1242,17 @@ cdef Py_ssize_t _s_object(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, in
         if i >= n or p[i] != 58:
             return -1
         vs = i + 1
-        i = _s_value(p, n, vs, depth + 1)
+        if (
+            cap != NULL
+            and cap.child != NULL
+            and kl[m] == cap.child_len + 2
+            and vs < n
+            and p[vs] == 123
+            and memcmp(p + start + 1, cap.child_key, <size_t>cap.child_len) == 0
+        ):
+            i = _s_object(p, n, vs, depth + 1, cap.child)
+        else:
+            i = _s_value(p, n, vs, depth + 1)
         if i < 0 or i >= n:
             return -1
         if spans != NULL:
@@ -1273,9 +1291,15 @@ cdef tuple _scan_provision(bytes body):
     cdef int seen = 0
     cdef bint escaped
     cdef dict tags
+    cdef _Capture c_top, c_params, c_spec, c_tags
+    c_tags.spans, c_tags.child = tagm, NULL
+    c_spec.spans, c_spec.child_key, c_spec.child_len, c_spec.child = spec, b"Tags", 4, &c_tags
+    c_params.spans, c_params.child_key, c_params.child_len, c_params.child = params, b"Spec", 4, &c_spec
+    c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
+    top[0] = params[0] = spec[0] = tagm[0] = -1
     if n < 2 or p[0] != 123:
         return None
-    e = _s_object(p, n, 0, 0, top)
+    e = _s_object(p, n, 0, 0, &c_top)
     if e < 0 or _q_ws(p, n, e) != n:
         return None
     for j in range(_S_KEYS):
@@ -1311,7 +1335,6 @@ cdef tuple _scan_provision(bytes body):
             return None
     if seen != 15:
         return None
-    _s_object(p, n, ps, 1, params)
     for j in range(_S_KEYS):
         a = params[4 * j]
         if a < 0:
@@ -1328,7 +1351,6 @@ cdef tuple _scan_provision(bytes body):
             return None
     if ss < 0:
         return None
-    _s_object(p, n, ss, 2, spec)
     for j in range(_S_KEYS):
         a = spec[4 * j]
         if a < 0:
@@ -1363,7 +1385,6 @@ cdef tuple _scan_provision(bytes body):
                 return None
     tags = {}
     if ts >= 0:
-        _s_object(p, n, ts, 3, tagm)
         for j in range(_S_KEYS):
             a = tagm[4 * j]
             if a < 0:
