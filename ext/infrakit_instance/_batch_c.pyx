@@ -39,17 +39,19 @@ cdef object _deque = collections.deque
 cdef object _Stopped = None
 cdef object _Error = None
 cdef object _Unknown = None
-cdef Py_ssize_t _SECTOR = 0, _TRAILER = 0, _PAD_KEEP = 0, _PAD_MIN = 0
+cdef Py_ssize_t _TRAILER = 0, _PAD_KEEP = 0
+cdef object _place = None
+cdef object _padding = None
 
 
-def use(stopped, error, unknown, *, Py_ssize_t sector, Py_ssize_t trailer, Py_ssize_t pad_keep, Py_ssize_t pad_min):
+def use(stopped, error, unknown, *, Py_ssize_t trailer, Py_ssize_t pad_keep, place, padding):
     """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
     its layout (see the pure twin)."""
-    global _Stopped, _Error, _Unknown, _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN
+    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding
     if trailer != 66:
         raise ValueError("a trailer is 66 bytes: two CRs around 64 bits")
     _Stopped, _Error, _Unknown = stopped, error, unknown
-    _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN = sector, trailer, pad_keep, pad_min
+    _TRAILER, _PAD_KEEP, _place, _padding = trailer, pad_keep, place, padding
 
 
 cdef void _put_trailer(char* p, unsigned long length, unsigned long crc) noexcept:
@@ -231,7 +233,7 @@ cdef class Core:
     def _cut_appends(self):
         """Cut a batch of appends only: sealed, joined and signed at once (see the pure
         twin); the bytes made in one buffer, the checksum written into it."""
-        cdef Py_ssize_t pos = self._tip, start = self._append_from, room, pad, end, reach, size, total, n, k
+        cdef Py_ssize_t pos = self._tip, start = self._append_from, pad, end, reach, size, total, n, k
         cdef list writes = self._writes
         cdef tuple first
         cdef bytes data, out
@@ -241,13 +243,12 @@ cdef class Core:
         first = <tuple>writes[0]
         if first[0] != start:
             return None
-        room = _SECTOR - pos % _SECTOR
-        pad = 0 if room >= _TRAILER + _TAIL_LEN else room
+        pad = _place(pos)
         end = pos + pad + _TRAILER + _TAIL_LEN
         reach = self._end
         size = self._size
         if end + _PAD_KEEP > size:
-            size = end + max(_PAD_MIN, end // 8)
+            size = end + _padding(end)
             total = size - start
         else:
             total = max(end, reach) - start

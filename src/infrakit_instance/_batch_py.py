@@ -32,16 +32,19 @@ _TAIL_LEN = len(TAIL)
 _Stopped: Any = None
 _Error: Any = None
 _Unknown: Any = None
-_SECTOR = _TRAILER = _PAD_KEEP = _PAD_MIN = 0
+_TRAILER = _PAD_KEEP = 0
+_place: Any = None
+_padding: Any = None
 
 
-def use(stopped: type, error: type, unknown: type, *, sector: int, trailer: int, pad_keep: int, pad_min: int) -> None:
+def use(stopped: type, error: type, unknown: type, *, trailer: int, pad_keep: int, place: Any, padding: Any) -> None:
     """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
-    its layout: the sector its trailers keep to, a trailer's size, the padding kept past the
-    document at least, and the least it grows by."""
-    global _Stopped, _Error, _Unknown, _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN
+    its layout: a trailer's size, the padding kept past the document at least, and its rules,
+    ``place(pos)`` (the spaces before a trailer at ``pos``) and ``padding(end)`` (the padding
+    after a document that ends at ``end``, when it grows)."""
+    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding
     _Stopped, _Error, _Unknown = stopped, error, unknown
-    _SECTOR, _TRAILER, _PAD_KEEP, _PAD_MIN = sector, trailer, pad_keep, pad_min
+    _TRAILER, _PAD_KEEP, _place, _padding = trailer, pad_keep, place, padding
 
 
 def trailer(length: int, crc: int) -> bytes:
@@ -201,8 +204,7 @@ class Core:
         pos, start, writes = self._tip, self._append_from, self._writes
         if pos < 0 or start < 0 or self._in_place or len(writes) != 1 or writes[0][0] != start:
             return None
-        room = _SECTOR - pos % _SECTOR
-        pad = 0 if room >= _TRAILER + _TAIL_LEN else room
+        pad = _place(pos)
         end = pos + pad + _TRAILER + _TAIL_LEN
         body = b"".join([writes[0][1], *self._run, b" " * pad])
         parts = [body, trailer(len(body), zlib.crc32(body)), TAIL]
@@ -210,7 +212,7 @@ class Core:
         if end < reach:
             parts.append(b" " * (reach - end))
         if end + _PAD_KEEP > self._size:
-            size = end + max(_PAD_MIN, end // 8)
+            size = end + _padding(end)
             parts.append(b" " * (size - max(end, reach)))
             self._size = size
         out = b"".join(parts)

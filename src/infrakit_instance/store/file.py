@@ -45,7 +45,7 @@ from .base import Store, StoreError, StoreLocked, UnknownInstance
 from .damage import PAD_KEEP, diagnose
 from .disk import Disk
 from .journal import Journal, JournalStuck, Region, apply, apply_records, replay, replayed_image
-from .trailer import NO_CHECK, SECTOR, Tail, torn_tail
+from .trailer import NO_CHECK, Tail, torn_tail
 from .trailer import SIZE as _TRAILER
 from .trailer import encode as _trailer
 from .trailer import place as _trailer_pad
@@ -287,7 +287,13 @@ class StoreStopped(StoreError):
 def tell_core(twin: Any) -> None:
     """Hand a batch core twin the store's errors and layout (done for the selected one here)."""
     twin.use(
-        StoreStopped, StoreError, UnknownInstance, sector=SECTOR, trailer=_TRAILER, pad_keep=PAD_KEEP, pad_min=_PAD_MIN
+        StoreStopped,
+        StoreError,
+        UnknownInstance,
+        trailer=_TRAILER,
+        pad_keep=PAD_KEEP,
+        place=_trailer_pad,
+        padding=_padding,
     )
 
 
