@@ -148,7 +148,9 @@ def _dispatch(body: bytes, seed: int, scan: bool) -> list[Any]:
             seen.append(("answer", answer))
         state = store.state
         seen.append([(r.id, r.brief, r.spec) for r in state.instances.values()])
-        seen.append(sorted((pair, [r.id for r in b.values()]) for pair, b in state._index.items()))
+        seen.append(
+            sorted(((k, v), [r.id for r in b.values()]) for k, by in state._index.items() for v, b in by.items())
+        )
         await store.close()
         with open(path, "rb") as f:
             seen.append(f.read())

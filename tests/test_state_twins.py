@@ -42,6 +42,18 @@ OPS = st.lists(
 )
 
 
+def _buckets(state: Any) -> list[Any]:
+    """The tag index's buckets, each with its (key, value): no empty one is ever kept."""
+    found = [((k, v), bucket) for k, by_value in state._index.items() for v, bucket in by_value.items()]
+    assert all(found_bucket for _, found_bucket in found)
+    assert all(state._index.values())
+    return found
+
+
+def _pairs(state: Any) -> list[Any]:
+    return sorted(pair for pair, _ in _buckets(state))
+
+
 def _snapshot(state: Any) -> Any:
     def recs(d: dict[str, Any]) -> list[Any]:
         return [(k, r.id, r.brief, r.spec, r.pos, r.off, r.size) for k, r in d.items()]
@@ -52,7 +64,8 @@ def _snapshot(state: Any) -> Any:
         state.provider,
         len(state),
         state.placed_size(2),
-        {pair: [r.id for r in state.select(dict([pair]))] for pair in sorted(state._index)},
+        {pair: [r.id for r in state.select(dict([pair]))] for pair in _pairs(state)},
+        sorted((pair, sorted(b)) for pair, b in _buckets(state)),
         state.document(),
         state.document(3),
     )

@@ -221,8 +221,10 @@ cdef class State:
         if not tags:
             return iter(self.instances.values())
         buckets = []
+        index = self._index
         for pair in tags.items():
-            bucket = self._index.get(pair)
+            by_value = index.get(pair[0])
+            bucket = by_value.get(pair[1]) if by_value is not None else None
             if not bucket:
                 return []
             buckets.append((len(bucket), pair, bucket))
@@ -285,26 +287,35 @@ cdef class State:
 
     cpdef _index_add(self, Record rec, dict tags, bint at_end):
         cdef dict index = self._index
-        cdef dict bucket
-        for pair in tags.items():
-            bucket = index.get(pair)
+        cdef dict by_value, bucket
+        for key, value in tags.items():
+            by_value = index.get(key)
+            if by_value is None:
+                index[key] = {value: {rec.id: rec}}
+                continue
+            bucket = by_value.get(value)
             if bucket is None:
-                index[pair] = {rec.id: rec}
+                by_value[value] = {rec.id: rec}
             else:
                 bucket[rec.id] = rec
                 if not at_end:
-                    self._unsorted.add(pair)
+                    self._unsorted.add((key, value))
 
     cpdef _index_remove(self, Record rec):
         cdef dict index = self._index
-        cdef dict bucket
-        for pair in rec.tags.items():
-            bucket = index.get(pair)
+        cdef dict by_value, bucket
+        for key, value in rec.tags.items():
+            by_value = index.get(key)
+            if by_value is None:
+                continue
+            bucket = by_value.get(value)
             if bucket is not None:
                 bucket.pop(rec.id, None)
                 if not bucket:
-                    del index[pair]
-                    self._unsorted.discard(pair)
+                    del by_value[value]
+                    if not by_value:
+                        del index[key]
+                    self._unsorted.discard((key, value))
 
 
 def _first_item(b):

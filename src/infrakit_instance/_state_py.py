@@ -123,7 +123,8 @@ class State:
         self.instances: dict[str, Record] = {}
         self.nonfunctional: dict[str, Record] = {}
         self.provider: bytes = b"{}"
-        self._index: dict[tuple[str, str], dict[str, Record]] = {}
+        # tag key -> tag value -> the instances having it (by ID, in array order unless unsorted)
+        self._index: dict[str, dict[str, dict[str, Record]]] = {}
         self._unsorted: set[tuple[str, str]] = set()
         self._cache = _AnswerCache()
         self._first = 0
@@ -206,8 +207,10 @@ class State:
         if not tags:
             return iter(self.instances.values())
         buckets = []
+        index = self._index
         for pair in tags.items():
-            bucket = self._index.get(pair)
+            by_value = index.get(pair[0])
+            bucket = by_value.get(pair[1]) if by_value is not None else None
             if not bucket:
                 return []
             buckets.append((len(bucket), pair, bucket))
@@ -269,24 +272,31 @@ class State:
 
     def _index_add(self, rec: Record, tags: dict[str, str], at_end: bool) -> None:
         index = self._index
-        for pair in tags.items():
-            bucket = index.get(pair)
+        for key, value in tags.items():
+            by_value = index.get(key)
+            if by_value is None:
+                index[key] = {value: {rec.id: rec}}
+                continue
+            bucket = by_value.get(value)
             if bucket is None:
-                index[pair] = {rec.id: rec}
+                by_value[value] = {rec.id: rec}
             else:
                 bucket[rec.id] = rec
                 if not at_end:
-                    self._unsorted.add(pair)
+                    self._unsorted.add((key, value))
 
     def _index_remove(self, rec: Record) -> None:
         index = self._index
-        for pair in rec.tags.items():
-            bucket = index.get(pair)
+        for key, value in rec.tags.items():
+            by_value = index.get(key)
+            bucket = by_value.get(value) if by_value is not None else None
             if bucket is not None:
                 bucket.pop(rec.id, None)
                 if not bucket:
-                    del index[pair]
-                    self._unsorted.discard(pair)
+                    del by_value[value]  # type: ignore[union-attr]
+                    if not by_value:
+                        del index[key]
+                    self._unsorted.discard((key, value))
 
 
 def read_elements(
