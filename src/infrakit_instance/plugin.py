@@ -88,7 +88,7 @@ class Plugin:
         }
         self._logical: Callable[..., Pending] | None = None
         if self.provider.logical:
-            # Provision with no provider hooks to await: the compiled twin's, whole.
+            # Provision with no provider hooks to await: done whole by the _rpc twin (in C when compiled).
             self._logical = rpc.LogicalProvision(store, self._rand, self._proposed, StoreError, Record)
             self.methods["Instance.Provision"] = self._logical
 
