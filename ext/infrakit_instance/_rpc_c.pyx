@@ -1105,7 +1105,8 @@ cdef class LogicalProvision:
         except self._store_error as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         # rpc.Pending(done, answer), without its __init__ call; the ID is "instance-"
-        # and digits: its JSON needs no escapes
+        # and digits: its JSON needs no escapes.  "Type" is "": provision_params and the
+        # scan take nothing else (a Type named is answered no-plugin).
         pending = PendingCore.__new__(_pending_type)
         pending.done = done
         pending.answer = b'{"Type":"","ID":"' + (<str>instance_id).encode() + b'"}'
@@ -1165,7 +1166,7 @@ cdef Py_ssize_t _s_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int
     float, integers of at most 19 digits (18 negative) and never -0, no object key twice), or -1."""
     cdef unsigned char c
     cdef bint escaped = False
-    cdef Py_ssize_t start, k
+    cdef Py_ssize_t k
     if i >= n:
         return -1
     c = p[i]
@@ -1194,7 +1195,6 @@ cdef Py_ssize_t _s_value(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int
         return _q_literal(p, n, i, b"false", 5)
     if c == 110:
         return _q_literal(p, n, i, b"null", 4)
-    start = i
     if c == 45:
         i += 1
     if i >= n:
@@ -1287,7 +1287,7 @@ cdef tuple _scan_provision(bytes body):
     cdef Py_ssize_t params[4 * _S_KEYS]
     cdef Py_ssize_t spec[4 * _S_KEYS]
     cdef Py_ssize_t tagm[4 * _S_KEYS]
-    cdef Py_ssize_t j, a, b, e, c, ids = -1, ide = -1, ps = -1, ss = -1, se = -1, ts = -1, te = -1, ls = -1, le = -1
+    cdef Py_ssize_t j, a, b, e, c, ids = -1, ide = -1, ss = -1, se = -1, ts = -1, te = -1, ls = -1, le = -1
     cdef int seen = 0
     cdef bint escaped
     cdef dict tags
@@ -1318,7 +1318,6 @@ cdef tuple _scan_provision(bytes body):
         elif _s_is(p, top, j, b"params", 6):
             if p[a] != 123:
                 return None
-            ps = a
             seen |= 4
         elif _s_is(p, top, j, b"id", 2):
             if p[a] == 34:
