@@ -25,8 +25,10 @@ __all__ = ["SLACK", "Core", "trailer", "use"]
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
 cdef bytes _PAD = b" " * SLACK
+cdef Py_ssize_t _SLACK = SLACK
 cdef Py_ssize_t _TAIL_LEN = len(TAIL)
 cdef bytes _PROPERTIES = b',"Properties":'
+cdef Py_ssize_t _PROPERTIES_LEN = len(_PROPERTIES)
 cdef bytes _CLOSE = b"}"
 cdef bytes _COMMA_NL = b",\n"
 cdef bytes _NL = b"\n"
@@ -132,28 +134,55 @@ cdef class Core:
                 self._order = None
             else:
                 order.append(record)
-        cdef bytes brief = record.brief
-        spec = record.spec
-        cdef bytes elem
-        if spec is None:
-            elem = brief + _PAD  # room for labels: most then fit in place
-        else:
-            elem = b"".join((brief[:-1], _PROPERTIES, spec, _CLOSE, _PAD))
-        cdef Py_ssize_t start = self._tip
+        cdef Record rec
+        cdef bytes brief, data
+        cdef Py_ssize_t start = self._tip, size, lead = 2 if had_live else 1, nb, ns
+        cdef char* w
         if start < 0:  # the batch's first: right after the last batch's trailer
             start = self._append_from = self._end - _TAIL_LEN
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(elem)
-        if had_live:
-            record.off = start + 2
-            self._put(start, _COMMA_NL + elem, False)
-            self._tip = start + 2 + size
-            self._live += 2 + size
+        if type(record) is Record:
+            rec = <Record>record
+            brief, spec = rec.brief, rec.spec
         else:
-            record.off = start + 1
-            self._put(start, _NL + elem, False)
-            self._tip = start + 1 + size
-            self._live += 1 + size
-        record.size = size
+            rec = None
+            brief, spec = record.brief, record.spec
+        # The queued write: a comma unless first, a newline, then the element: the brief
+        # description, with the Spec as its Properties, and room for labels (most then fit
+        # in place); written once into one bytes object.
+        nb = PyBytes_GET_SIZE(brief)
+        if spec is None:
+            size = nb + _SLACK
+            data = PyBytes_FromStringAndSize(NULL, lead + size)
+            w = PyBytes_AS_STRING(data)
+            if had_live:
+                w[0] = 44
+            w[lead - 1] = 10
+            memcpy(w + lead, PyBytes_AS_STRING(brief), nb)
+        elif type(spec) is bytes:
+            ns = PyBytes_GET_SIZE(<bytes>spec)
+            size = nb - 1 + _PROPERTIES_LEN + ns + 1 + _SLACK
+            data = PyBytes_FromStringAndSize(NULL, lead + size)
+            w = PyBytes_AS_STRING(data)
+            if had_live:
+                w[0] = 44
+            w[lead - 1] = 10
+            memcpy(w + lead, PyBytes_AS_STRING(brief), nb - 1)
+            memcpy(w + lead + nb - 1, PyBytes_AS_STRING(_PROPERTIES), _PROPERTIES_LEN)
+            memcpy(w + lead + nb - 1 + _PROPERTIES_LEN, PyBytes_AS_STRING(<bytes>spec), ns)
+            w[lead + size - _SLACK - 1] = 125
+        else:
+            data = (_COMMA_NL if had_live else _NL) + b"".join((brief[:-1], _PROPERTIES, spec, _CLOSE, _PAD))
+            size = PyBytes_GET_SIZE(data) - lead
+        memset(PyBytes_AS_STRING(data) + lead + size - _SLACK, 32, _SLACK)
+        if rec is not None:
+            rec.off = start + lead
+            rec.size = size
+        else:
+            record.off = start + lead
+            record.size = size
+        self._put(start, data, False)
+        self._tip = start + lead + size
+        self._live += lead + size
         return self._take()
 
     def destroy(self, instance_id):

@@ -15,7 +15,7 @@ from cpython.list cimport PyList_GET_SIZE
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from infrakit_instance._http_c cimport HttpParser, Request, json_ok
-from infrakit_instance._rpc_c cimport quick_answer
+from infrakit_instance._rpc_c cimport PendingCore, quick_answer
 from infrakit_instance._http_c import build_head, build_response
 from infrakit_instance.logs import conn_id, dump
 
@@ -170,24 +170,30 @@ cdef class Core:
 
     cpdef _request(self, req):
         cdef object server = self.server
-        cdef object path, ctype, answer, slot, done, waiting
-        cdef bint keep_alive = req.keep_alive and not server.stopping
+        cdef object path, ctype, answer, slot, done, waiting, method
+        cdef Request r
+        if type(req) is Request:  # the parser's: its fields read in C
+            r = <Request>req
+            keep_alive_obj, path, method, ctype = r.keep_alive, r.path, r.method, r.content_type
+        else:
+            keep_alive_obj, path, method, ctype = req.keep_alive, req.path, req.method, req.content_type
+        cdef bint keep_alive = keep_alive_obj and not server.stopping
         if server.tcp and not self._guard(req, keep_alive):
             if not keep_alive:
                 self._closing = True
             return
-        path = req.path
         if path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path:
             self._slots.append([self._info(req, keep_alive), not keep_alive])
-        elif req.method != _POST:
+        elif method is not _POST and method != _POST:
             self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, _ALLOW_POST)
-        elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
+        elif ctype and ctype is not _JSON and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
             self._http_error(415, "Content-Type must be application/json", not keep_alive)
         else:
+            body = req.body
             if server.debug:
-                log.debug("request: %s", _dump(req.body))
-            answer = server.dispatcher.handle(req.body)
-            if answer is None or isinstance(answer, bytes) or isinstance(answer, _Parts):
+                log.debug("request: %s", _dump(body))
+            answer = server.dispatcher.handle(body)
+            if answer is None or type(answer) is bytes or isinstance(answer, _Parts):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
                 # Answered when the change is durable (Pending) or the work is done (a future).
@@ -196,7 +202,7 @@ cdef class Core:
                 server.inflight += 1
                 if isinstance(answer, _Pending):
                     # One callback per store batch and connection answers every slot it holds.
-                    done = answer.done
+                    done = (<PendingCore>answer).done if isinstance(answer, PendingCore) else answer.done
                     waiting = self._waiting.get(done)
                     if waiting is None:
                         waiting = self._waiting[done] = []
@@ -210,9 +216,15 @@ cdef class Core:
     def _batch_done(self, done):
         cdef list waiting = self._waiting.pop(done)
         cdef object pending, slot, keep_alive
+        cdef bint ok = not done.cancelled() and done.exception() is None
         self.server.inflight -= len(waiting)
         for pending, slot, keep_alive in waiting:
-            slot[0] = self._respond(pending.settle(), keep_alive)
+            # The batch succeeded: every answer is its Pending's own (settle() without asking
+            # the shared future again for each); else each settles to its error.
+            slot[0] = self._respond(
+                ((<PendingCore>pending).answer if isinstance(pending, PendingCore) else pending.answer) if ok else pending.settle(),
+                keep_alive,
+            )
         self._after_answer()
 
     cpdef _after_answer(self):

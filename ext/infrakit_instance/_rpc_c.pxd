@@ -3,3 +3,10 @@
 
 
 cdef object quick_answer(object body, object entries)
+
+
+cdef class PendingCore:
+    cdef public object done
+    cdef public object answer
+    cdef public object id_json
+    cdef public object method

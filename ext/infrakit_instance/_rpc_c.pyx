@@ -17,7 +17,17 @@ from libc.string cimport memchr, memcmp, memcpy
 
 from infrakit_instance._rpc_py import compact as _compact_py
 
-from infrakit_instance._build cimport int_len, plain_len, put, put_int, put_plain, wrap2
+from infrakit_instance._build cimport (
+    PyUnicode_DATA,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_IS_ASCII,
+    int_len,
+    plain_len,
+    put,
+    put_int,
+    put_plain,
+    wrap2,
+)
 from infrakit_instance._state_c cimport Record, State, make_record
 
 from infrakit_instance._codec_c import encode_brief as _encode_brief, encode_spec as _encode_spec
@@ -1075,16 +1085,42 @@ cdef class LogicalProvision:
         """Provision of a Spec read by ``_scan_provision``: the brief description spliced from
         the request's own text (what orjson would write of it: the scan made sure)."""
         cdef object instance_id = self._new_id()
-        cdef bytes brief = b"".join(
-            (b'{"ID":"', (<str>instance_id).encode(), b'","LogicalID":', logical_id_json, b',"Tags":', tags_json, b"}")
-        )
+        if not PyUnicode_IS_ASCII(instance_id):  # not from a Random (see _new_id)
+            return self._finish(instance_id, b"".join(
+                (b'{"ID":"', (<str>instance_id).encode(), b'","LogicalID":', logical_id_json, b',"Tags":', tags_json, b"}")
+            ), spec_text, tags)
+        # b'{"ID":"' + ID + b'","LogicalID":' + logical_id_json + b',"Tags":' + tags_json + b"}",
+        # written once (an ASCII ID's characters are its bytes).
+        cdef Py_ssize_t ni = PyUnicode_GET_LENGTH(instance_id)
+        cdef Py_ssize_t nl = PyBytes_GET_SIZE(logical_id_json), nt = PyBytes_GET_SIZE(tags_json)
+        cdef bytes brief = PyBytes_FromStringAndSize(NULL, 7 + ni + 14 + nl + 8 + nt + 1)
+        cdef char* w = PyBytes_AS_STRING(brief)
+        w = put(w, b'{"ID":"', 7)
+        w = put(w, <const char*>PyUnicode_DATA(instance_id), ni)
+        w = put(w, b'","LogicalID":', 14)
+        w = put(w, PyBytes_AS_STRING(logical_id_json), nl)
+        w = put(w, b',"Tags":', 8)
+        w = put(w, PyBytes_AS_STRING(tags_json), nt)
+        w[0] = 125
         return self._finish(instance_id, brief, spec_text, tags)
 
     cdef object _new_id(self):
         cdef object state = self._store.state
-        cdef object instance_id
+        cdef object instance_id, bits
+        cdef long long v
+        cdef int overflow
+        cdef Py_ssize_t n
+        cdef char buf[32]
+        memcpy(buf, b"instance-", 9)
         while True:
-            instance_id = f"instance-{self._getrandbits(63)}"
+            bits = self._getrandbits(63)
+            v = PyLong_AsLongLongAndOverflow(bits, &overflow) if type(bits) is int else -1
+            if overflow or v < 0:  # not what a Random gives: written the usual way
+                instance_id = f"instance-{bits}"
+            else:  # f"instance-{bits}", written in C
+                n = int_len(v)
+                put_int(buf + 9, v, n)
+                instance_id = PyUnicode_DecodeASCII(buf, 9 + n, NULL)
             if type(state) is State:
                 if (<State>state).known(instance_id):
                     continue
@@ -1109,8 +1145,24 @@ cdef class LogicalProvision:
         # scan take nothing else (a Type named is answered no-plugin).
         pending = PendingCore.__new__(_pending_type)
         pending.done = done
-        pending.answer = b'{"Type":"","ID":"' + (<str>instance_id).encode() + b'"}'
+        pending.answer = _id_answer(instance_id)
         return pending
+
+
+cdef bytes _id_answer(str instance_id):
+    """``b'{"Type":"","ID":"' + ID + b'"}'``, written once for an ASCII ID."""
+    cdef Py_ssize_t n
+    cdef bytes out
+    cdef char* w
+    if not PyUnicode_IS_ASCII(instance_id):
+        return b'{"Type":"","ID":"' + instance_id.encode() + b'"}'
+    n = PyUnicode_GET_LENGTH(instance_id)
+    out = PyBytes_FromStringAndSize(NULL, 17 + n + 2)
+    w = put(PyBytes_AS_STRING(out), b'{"Type":"","ID":"', 17)
+    w = put(w, <const char*>PyUnicode_DATA(instance_id), n)
+    w[0] = 34
+    w[1] = 125
+    return out
 
 
 # -- a Provision read from its text: no JSON objects built but its tags ---------------------
@@ -1417,12 +1469,8 @@ cdef bytes _PROVISION = b'"Instance.Provision"'
 
 cdef class PendingCore:
     """What ``rpc.Pending`` holds (``done``, ``answer``, ``id_json``, ``method``), and its
-    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others."""
-
-    cdef public object done
-    cdef public object answer
-    cdef public object id_json
-    cdef public object method
+    ``settle`` for a change that succeeded; the subclass's ``_failed`` answers the others
+    (its fields are declared in ``_rpc_c.pxd``)."""
 
     def __init__(self, done, answer, id_json=None, method=None):
         self.done = done

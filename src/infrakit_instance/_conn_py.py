@@ -222,10 +222,13 @@ class Core:
 
     def _batch_done(self, done: Any) -> None:
         waiting = self._waiting.pop(done)
+        ok = not done.cancelled() and done.exception() is None
         self.server.inflight -= len(waiting)
         respond = self._respond
         for pending, slot, keep_alive in waiting:
-            slot[0] = respond(pending.settle(), keep_alive)
+            # The batch succeeded: every answer is its Pending's own (settle() without asking
+            # the shared future again for each); else each settles to its error.
+            slot[0] = respond(pending.answer if ok else pending.settle(), keep_alive)
         self._after_answer()
 
     def _after_answer(self) -> None:
