@@ -323,3 +323,29 @@ def test_the_go_clients_provision_is_read_from_its_text(name: str) -> None:
     assert scan[0] == str(doc["id"]).encode()
     assert scan[4] == orjson.dumps(doc["params"]["Spec"])
     assert _compare(body)[0][0] == "pending"
+
+
+def test_tags_read_through_the_scans_text_cache_are_the_tags_sent() -> None:
+    # The scan keeps recent tag texts by a hash of 256 slots: thousands of distinct texts of
+    # the same lengths must collide there, and each must still come back as sent (and as the
+    # same str when read again), whatever was read between; texts past 64 bytes bypass it.
+    rng = random.Random(13)
+    texts = [f"{i:04d}" for i in range(3000)] + ["v" * 64, "w" * 65, "x" * 200, ""]
+    rng.shuffle(texts)
+    for round_ in range(2):
+        for i, text in enumerate(texts):
+            other = texts[(i * 7 + round_) % len(texts)]
+            body = (
+                b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Spec":{"Tags":{"'
+                + text.encode()
+                + b'":"'
+                + other.encode()
+                + b'","k":"'
+                + text.encode()
+                + b'"}}},"id":1}'
+            )
+            scan = _rpc_c.scan_provision(body)
+            assert scan is not None
+            expected = orjson.loads(body)["params"]["Spec"]["Tags"]
+            assert scan[1] == expected, body
+            assert list(scan[1]) == list(expected)

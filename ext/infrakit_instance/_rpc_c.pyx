@@ -1443,9 +1443,7 @@ cdef tuple _scan_provision(bytes body):
             b, c, e = tagm[4 * j + 1], tagm[4 * j + 2], tagm[4 * j + 3]
             if p[c] != 34 or memchr(p + a, 92, <size_t>(b - a)) != NULL or memchr(p + c, 92, <size_t>(e - c)) != NULL:
                 return None  # a value other than a string, or an escape to decode
-            tags[PyUnicode_DecodeASCII(<const char*>p + a + 1, b - a - 2, NULL)] = PyUnicode_DecodeASCII(
-                <const char*>p + c + 1, e - c - 2, NULL
-            )
+            tags[_tag_text(<const char*>p + a + 1, b - a - 2)] = _tag_text(<const char*>p + c + 1, e - c - 2)
     return (
         PyBytes_FromStringAndSize(<const char*>p + ids, ide - ids),
         tags,
@@ -1453,6 +1451,34 @@ cdef tuple _scan_provision(bytes body):
         PyBytes_FromStringAndSize(<const char*>p + ts, te - ts) if ts >= 0 else _EMPTY_OBJECT,
         PyBytes_FromStringAndSize(<const char*>p + ss, se - ss),
     )
+
+
+# The tag keys and values read last, by a hash of their text: a group's instances carry the
+# same few tags, so most are found here, one str shared by every instance (its hash computed
+# once) instead of one decoded for each.
+cdef enum:
+    _TAG_SLOTS = 256  # a power of two
+    _TAG_LONGEST = 64  # longer texts are decoded every time
+cdef list _tag_cache = [None] * _TAG_SLOTS
+
+
+cdef object _tag_text(const char* s, Py_ssize_t n):
+    """``s[:n].decode("ascii")`` (the scan made sure it is printable ASCII), from the cache
+    when it holds the same text."""
+    cdef unsigned int h = 2166136261u
+    cdef Py_ssize_t i
+    cdef object text
+    if n > _TAG_LONGEST:
+        return PyUnicode_DecodeASCII(s, n, NULL)
+    for i in range(n):  # FNV-1a
+        h = (h ^ <unsigned char>s[i]) * 16777619u
+    h &= _TAG_SLOTS - 1
+    text = _tag_cache[h]
+    if text is not None and PyUnicode_GET_LENGTH(text) == n and memcmp(PyUnicode_DATA(text), s, <size_t>n) == 0:
+        return text
+    text = PyUnicode_DecodeASCII(s, n, NULL)
+    _tag_cache[h] = text
+    return text
 
 
 def scan_provision(body):
