@@ -140,3 +140,29 @@ def test_the_implementation_under_test_is_the_one_installed() -> None:
     assert base.__module__ == (
         "infrakit_instance._conn_c" if IMPLEMENTATION == "compiled" else "infrakit_instance._conn_py"
     )
+
+
+def test_info_pages_by_path_and_by_absolute_url(tmp_path: Path) -> None:
+    sock = tmp_path / "p.sock"
+    validate = call("Instance.Validate", {"Type": ""}, 1)
+
+    async def test(server: Server, handled: list[bytes]) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        for target in (b"/info/api.json", b"http://unix/info/api.json", b"http://h:1/x/info/api.json"):
+            writer.write(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target)
+            head, body = await read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 "), target
+            assert {"Name": "Instance", "Version": "0.6.1"} in json.loads(body)["Implements"], target
+        # "/info/" that neither starts the path nor follows an absolute URL's scheme is a JSON-RPC
+        # request, answered without the dispatcher when it is a fixed answer, by it otherwise.
+        for target in (b"/x/info/", b"/", b"/info", b"http:/info/"):
+            writer.write(validate.replace(b"POST / ", b"POST %s " % target, 1))
+            head, body = await read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["result"] == {"Type": "", "OK": True}
+            writer.write(validate.replace(b"POST / ", b"GET %s " % target, 1))
+            head, _ = await read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 405 "), target
+        assert handled == []
+        writer.close()
+
+    serve(tmp_path, f"unix://{sock}", test)

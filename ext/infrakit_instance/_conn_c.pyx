@@ -9,15 +9,21 @@ reads that are not the common one go to the methods the server's class adds.
 import functools
 import logging
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.contextvars cimport get_value_no_default
 from cpython.list cimport PyList_GET_SIZE
+from libc.string cimport memcmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from infrakit_instance._http_c cimport HttpParser, Request, json_ok
 from infrakit_instance._rpc_c cimport PendingCore, quick_answer
 from infrakit_instance._http_c import build_head, build_response
 from infrakit_instance.logs import conn_id, dump
+
+
+cdef extern from "string.h" nogil:
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
+
 
 __all__ = ["MAX_PENDING", "Core", "use"]
 
@@ -34,6 +40,20 @@ cdef bytes _JSON = b"application/json"
 cdef bytes _INFO = b"/info/"
 cdef bytes _HTTP = b"http://"
 cdef bytes _ALLOW_POST = b"Allow: POST\r\n"
+
+
+cdef inline bint _info_path(object path) except -1:
+    """``path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path``: a request for
+    the plugin's /info/ pages, by path or absolute URL (read in C for the parser's bytes)."""
+    cdef const char* p
+    cdef Py_ssize_t n
+    if type(path) is not bytes:
+        return path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path
+    p = PyBytes_AS_STRING(path)
+    n = PyBytes_GET_SIZE(path)
+    if n >= 6 and memcmp(p, b"/info/", 6) == 0:
+        return True
+    return n >= 7 and memcmp(p, b"http://", 7) == 0 and memmem(p, <size_t>n, b"/info/", 6) != NULL
 cdef object _build_response = build_response
 cdef object _build_head = build_head
 cdef object _partial = functools.partial
@@ -123,6 +143,7 @@ cdef class Core:
                                 if self._paused:
                                     self._update_reading()
                                 return
+                            quick_entries = None  # asked once: not a fixed answer
                     for item in items:
                         if self._closing:
                             break
@@ -153,10 +174,7 @@ cdef class Core:
             return None
         if req.method is not _POST and req.method != _POST:
             return None
-        path = req.path
-        if PyBytes_GET_SIZE(path) != 1 and (
-            path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path
-        ):
+        if _info_path(req.path):
             return None
         ctype = req.content_type
         if ctype is not None and ctype is not _JSON and ctype != _JSON:
@@ -182,7 +200,7 @@ cdef class Core:
             if not keep_alive:
                 self._closing = True
             return
-        if path.startswith(_INFO) or path.startswith(_HTTP) and _INFO in path:
+        if _info_path(path):
             self._slots.append([self._info(req, keep_alive), not keep_alive])
         elif method is not _POST and method != _POST:
             self._http_error(405, "JSON-RPC requests must use POST", not keep_alive, _ALLOW_POST)

@@ -137,6 +137,7 @@ class Core:
                             if self._paused:
                                 self._update_reading()
                             return
+                        quick_entries = None  # asked once: not a fixed answer
                     for item in items:
                         if self._closing:
                             break
