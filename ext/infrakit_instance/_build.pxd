@@ -16,6 +16,15 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 
+cdef extern from "string.h" nogil:
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
+
+
+cdef inline bint has(bytes b, const char* needle, size_t n) noexcept:
+    """``needle`` (``n`` bytes) occurs in the exact ``bytes`` ``b``: ``in`` without a method call."""
+    return memmem(PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), needle, n) != NULL
+
+
 cdef inline Py_ssize_t plain_len(object s) noexcept:
     """Length of an exact ``str`` that JSON writes verbatim, or -1."""
     cdef const unsigned char* p

@@ -15,15 +15,11 @@ from cpython.list cimport PyList_GET_SIZE
 from libc.string cimport memcmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from infrakit_instance._build cimport has
 from infrakit_instance._http_c cimport HttpParser, Request, json_ok
 from infrakit_instance._rpc_c cimport PendingCore, quick_answer
 from infrakit_instance._http_c import build_head, build_response
 from infrakit_instance.logs import conn_id, dump
-
-
-cdef extern from "string.h" nogil:
-    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
-
 
 __all__ = ["MAX_PENDING", "Core", "use"]
 
@@ -53,7 +49,7 @@ cdef inline bint _info_path(object path) except -1:
     n = PyBytes_GET_SIZE(path)
     if n >= 6 and memcmp(p, b"/info/", 6) == 0:
         return True
-    return n >= 7 and memcmp(p, b"http://", 7) == 0 and memmem(p, <size_t>n, b"/info/", 6) != NULL
+    return n >= 7 and memcmp(p, b"http://", 7) == 0 and has(<bytes>path, b"/info/", 6)
 cdef object _build_response = build_response
 cdef object _build_head = build_head
 cdef object _partial = functools.partial
@@ -86,11 +82,14 @@ cdef class Core:
     cdef public double _busy_since
     cdef public bint _closing
     cdef public bint _dead
+    cdef public bint _debug
+    cdef public object _dispatch
     cdef public Py_ssize_t _held
     cdef public double _last
     cdef public bint _paused
     cdef public double _req_start
     cdef public object _slots
+    cdef public bint _tcp
     cdef public object _waiting
     cdef public Py_ssize_t _win_bytes
     cdef public double _win_start
@@ -103,7 +102,7 @@ cdef class Core:
     def data_received(self, data):
         cdef double now
         cdef list items
-        cdef object server, item, answer, quick_entries
+        cdef object item, answer, quick_entries
         cdef HttpParser parser
         cdef bint in_body
         if self._dead:
@@ -115,8 +114,7 @@ cdef class Core:
             _conn_id.set(self.cid)
         now = _monotonic()
         self._last = now
-        server = self.server
-        if server.debug:
+        if self._debug:
             log.debug("<- %s", _dump(data))
         parser = <HttpParser?>self.parser
         if parser._idle():
@@ -196,7 +194,7 @@ cdef class Core:
         else:
             keep_alive_obj, path, method, ctype = req.keep_alive, req.path, req.method, req.content_type
         cdef bint keep_alive = keep_alive_obj and not server.stopping
-        if server.tcp and not self._guard(req, keep_alive):
+        if self._tcp and not self._guard(req, keep_alive):
             if not keep_alive:
                 self._closing = True
             return
@@ -208,9 +206,9 @@ cdef class Core:
             self._http_error(415, "Content-Type must be application/json", not keep_alive)
         else:
             body = req.body
-            if server.debug:
+            if self._debug:
                 log.debug("request: %s", _dump(body))
-            answer = server.dispatcher.handle(body)
+            answer = self._dispatch(body)
             if answer is None or type(answer) is bytes or isinstance(answer, _Parts):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
@@ -256,7 +254,7 @@ cdef class Core:
 
     cpdef _respond(self, body, keep_alive):
         cdef object head, middle, tail
-        if self.server.debug:
+        if self._debug:
             log.debug("-> %s", _dump(body.join() if isinstance(body, _Parts) else body or b""))
         if type(body) is bytes:
             if keep_alive is True:

@@ -21,6 +21,7 @@ from infrakit_instance._build cimport (
     PyUnicode_DATA,
     PyUnicode_GET_LENGTH,
     PyUnicode_IS_ASCII,
+    has,
     int_len,
     plain_len,
     put,
@@ -923,7 +924,7 @@ cdef class DispatchCore:
         cdef object doc, ident, kind, name, method, id_json, result
         cdef Call call
         cdef tuple scan
-        if type(body) is bytes and type(self.methods) is dict and (<bytes>body).find(_PROVISION) >= 0:
+        if type(body) is bytes and type(self.methods) is dict and has(<bytes>body, b'"Instance.Provision"', 20):
             method = (<dict>self.methods).get("Instance.Provision")
             if type(method) is LogicalProvision:
                 # A plain Provision for the logical provider, read from its text (see _scan_provision).
@@ -1490,7 +1491,6 @@ def scan_provision(body):
 
 cdef bytes _NULL = b"null"
 cdef bytes _EMPTY_OBJECT = b"{}"
-cdef bytes _PROVISION = b'"Instance.Provision"'
 
 
 cdef class PendingCore:

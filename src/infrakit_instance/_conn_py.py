@@ -60,11 +60,14 @@ class Core:
         "_busy_since",
         "_closing",
         "_dead",
+        "_debug",
+        "_dispatch",
         "_held",
         "_last",
         "_paused",
         "_req_start",
         "_slots",
+        "_tcp",
         "_waiting",
         "_win_bytes",
         "_win_start",
@@ -82,11 +85,14 @@ class Core:
     _busy_since: float
     _closing: bool
     _dead: bool
+    _debug: bool
+    _dispatch: Any
     _held: int
     _last: float
     _paused: bool
     _req_start: float
     _slots: Any
+    _tcp: bool
     _waiting: Any
     _win_bytes: int
     _win_start: float
@@ -105,8 +111,7 @@ class Core:
         if conn_id.get() is not self.cid:
             conn_id.set(self.cid)
         now = self._last = time.monotonic()
-        server = self.server
-        if server.debug:
+        if self._debug:
             log.debug("<- %s", dump(data))
         parser = self.parser
         if parser.idle:
@@ -185,7 +190,7 @@ class Core:
     def _request(self, req: Any) -> None:
         server = self.server
         keep_alive = req.keep_alive and not server.stopping
-        if server.tcp and not self._guard(req, keep_alive):  # type: ignore[attr-defined]
+        if self._tcp and not self._guard(req, keep_alive):  # type: ignore[attr-defined]
             if not keep_alive:
                 self._closing = True
             return
@@ -197,9 +202,9 @@ class Core:
         elif (ctype := req.content_type) and ctype != _JSON and ctype.split(b";", 1)[0].strip().lower() != _JSON:
             self._http_error(415, "Content-Type must be application/json", not keep_alive)  # type: ignore[attr-defined]
         else:
-            if server.debug:
+            if self._debug:
                 log.debug("request: %s", dump(req.body))
-            answer = server.dispatcher.handle(req.body)
+            answer = self._dispatch(req.body)
             if answer is None or isinstance(answer, bytes) or isinstance(answer, _Parts):
                 self._slots.append([self._respond(answer, keep_alive), not keep_alive])
             else:
@@ -242,7 +247,7 @@ class Core:
             self.server.idle_changed()
 
     def _respond(self, body: Any, keep_alive: bool) -> bytes | list[bytes]:
-        if self.server.debug:
+        if self._debug:
             log.debug("-> %s", dump(body.join() if isinstance(body, _Parts) else body or b""))
         if type(body) is bytes:
             return build_response(200, body, keep_alive)

@@ -154,6 +154,10 @@ class Connection(connection.Core, asyncio.Protocol):
         self._win_bytes = 0
         self._held = 0  # request bytes this connection counts in server.buffered
         self.quick = server.quick  # what is answered without the dispatcher (None: nothing)
+        # Fixed for the server's life, read on every request: held here, not looked up on it.
+        self._debug = server.debug
+        self._tcp = server.tcp
+        self._dispatch = server.dispatcher.handle
 
     # -- asyncio callbacks ------------------------------------------------------
 
