@@ -396,3 +396,90 @@ def test_logical_provision_twins_agree(steps: list[Any], seed: int, collide: boo
     skipped = {draws[1], *taken}
     assert ids == [d for d in draws if d not in skipped][: len(ids)]
     assert runs[0][-2] == taken + ids
+
+
+# -- LogicalDestroy: Destroy for the logical provider, whole in each twin -------------------
+
+_DESTROY_IDS = [f"instance-{n}" for n in range(5)]
+
+
+@st.composite
+def destroy_params(draw: st.DrawFn) -> Any:
+    """Destroy params, mostly of instances the store holds, with one part or another of any shape."""
+    params: dict[str, Any] = {}
+    if draw(st.booleans()):
+        params["Type"] = draw(st.one_of(st.sampled_from(["", None, "aws"]), _ANY))
+    if draw(st.integers(0, 9)):
+        params["Instance"] = draw(st.one_of(st.sampled_from([*_DESTROY_IDS, "", "instance-9"]), _ANY))
+    if draw(st.booleans()):
+        params["Context"] = draw(st.one_of(st.sampled_from([None, {}, {"Reason": "terminate"}]), _ANY))
+    return params
+
+
+def _destroy_run(destroy: Any, path: str, steps: list[Any]) -> list[Any]:
+    """Destroy ``steps`` one by one over a store holding ``_DESTROY_IDS``, with what
+    ``destroy(store)`` makes of the store: each outcome, then the store stopped, the IDs left
+    and the file."""
+    from infrakit_instance.state import Record
+    from infrakit_instance.store import FileStore
+
+    async def go() -> list[Any]:
+        store = FileStore(path, fsync=False)
+        await store.open()
+        for iid in _DESTROY_IDS:
+            await store.provision(Record(iid, _codec_c.encode_brief(iid, None, {"t": iid}), None), {"t": iid})
+        call = destroy(store)
+        seen: list[Any] = []
+        for params in steps:
+            try:
+                pending = call(params)
+            except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
+                seen.append(("error", exc.code, exc.message))
+                continue
+            assert isinstance(pending, Pending)
+            await pending.done
+            seen.append(("ok", pending.answer, pending.settle()))
+        left = [r.id for r in store.state.instances.values()]
+        if left:
+            store.stopped = "the disk is full"
+            try:
+                call({"Instance": left[0]})
+            except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
+                seen.append(("stopped", exc.code, exc.message))
+            store.stopped = None
+        seen.append(left)
+        # The tag index forgets what was destroyed.
+        seen.append([[r.id for r in store.state.select({"t": i})] for i in _DESTROY_IDS])
+        await store.close()
+        with open(path, "rb") as f:
+            seen.append(f.read())
+        return seen
+
+    return asyncio.run(go())
+
+
+@SETTINGS
+@given(st.lists(destroy_params(), max_size=10))
+def test_logical_destroy_twins_agree_with_plugin_destroy(steps: list[Any]) -> None:
+    import tempfile
+
+    from infrakit_instance.plugin import Plugin
+    from infrakit_instance.provider import LogicalProvider
+    from infrakit_instance.store import StoreError, UnknownInstance
+
+    _rpc_py.use_pending(Pending)
+    makers = [lambda store, twin=twin: twin.LogicalDestroy(store, StoreError, UnknownInstance) for twin in TWINS]
+    # The interpreted path it replaces for the logical provider: Plugin.destroy itself.
+    makers.append(lambda store: Plugin(store, LogicalProvider()).destroy)
+    runs = []
+    for make in makers:
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(_destroy_run(make, f"{d}/state.json", steps))
+    assert runs[0] == runs[1] == runs[2]
+    destroyed = [p["Instance"] for p, o in zip(steps, runs[0], strict=False) if o[0] == "ok"]
+    left = [i for i in _DESTROY_IDS if i not in destroyed]
+    assert runs[0][-3] == left
+    assert runs[0][-2] == [[i] if i in left else [] for i in _DESTROY_IDS]
+    for outcome in runs[0][: len(steps)]:
+        if outcome[0] == "ok":
+            assert outcome[1] == outcome[2] == b'{"Type":"","OK":true}'

@@ -43,6 +43,7 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "LogicalDestroy",
     "LogicalProvision",
     "PendingCore",
     "RpcError",
@@ -974,6 +975,8 @@ cdef class DispatchCore:
                         try:
                             if type(method) is LogicalProvision:
                                 result = (<LogicalProvision>method).call(call.params, None)
+                            elif type(method) is LogicalDestroy:
+                                result = (<LogicalDestroy>method).call(call.params)
                             else:
                                 result = method(call.params)
                         except RpcError as exc:
@@ -1148,6 +1151,64 @@ cdef class LogicalProvision:
         pending.done = done
         pending.answer = _id_answer(instance_id)
         return pending
+
+
+cdef class LogicalDestroy:
+    """Instance.Destroy with no provider to act (the logical provider): the params checked
+    (``Type``, a non-empty ``Instance`` ID, ``Context`` an object or absent), the instance
+    known, the change handed to the store; the answer (a ``rpc.Pending``) waits for the
+    store to make it durable.  ``unknown``: what the store raises for an ID it does not hold."""
+
+    cdef object _store
+    cdef object _store_error
+    cdef object _unknown
+
+    def __init__(self, store, store_error, unknown):
+        self._store = store
+        self._store_error = store_error
+        self._unknown = unknown
+
+    def __call__(self, params):
+        return self.call(params)
+
+    cdef object call(self, object params):
+        cdef object kind, instance_id, context, store, done
+        cdef PendingCore pending
+        kind = _get(params, "Type")
+        if kind is not None and (type(kind) is not str or PyUnicode_GET_LENGTH(kind) != 0) and kind != "":
+            if not isinstance(kind, str):
+                raise _params_error('"Type" must be a string')
+            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        instance_id = _get(params, "Instance")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise _params_error('"Instance" must be a non-empty instance ID string')
+        context = _get(params, "Context")
+        if context is not None and not isinstance(context, dict):
+            raise _params_error('"Context" must be an object')
+        store = self._store
+        try:
+            if store.state.get(instance_id) is None:
+                raise self._unknown(instance_id)
+            done = store.destroy(instance_id)
+        except self._unknown:
+            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        # rpc.Pending(done, answer), without its __init__ call
+        pending = PendingCore.__new__(_pending_type)
+        pending.done = done
+        pending.answer = _DESTROYED
+        return pending
+
+
+cdef bytes _DESTROYED = b'{"Type":"","OK":true}'
+
+
+cdef inline object _get(object params, str key):
+    """``params.get(key)``, in C for a dict."""
+    if type(params) is dict:
+        return (<dict>params).get(key)
+    return params.get(key)
 
 
 cdef bytes _id_answer(str instance_id):

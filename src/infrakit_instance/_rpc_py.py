@@ -26,6 +26,8 @@ __all__ = [
     "PLUGIN_ERROR",
     "Call",
     "DispatchCore",
+    "LogicalDestroy",
+    "LogicalProvision",
     "PendingCore",
     "RpcError",
     "decode_body",
@@ -543,6 +545,46 @@ class LogicalProvision:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         # the ID is "instance-" and digits: its JSON needs no escapes
         return _pending_type(done, b'{"Type":' + type_json + b',"ID":"' + instance_id.encode() + b'"}')
+
+
+class LogicalDestroy:
+    """Instance.Destroy with no provider to act (the logical provider): the params checked
+    (``Type``, a non-empty ``Instance`` ID, ``Context`` an object or absent), the instance
+    known, the change handed to the store; the answer (a ``rpc.Pending``) waits for the
+    store to make it durable.  ``unknown``: what the store raises for an ID it does not hold."""
+
+    __slots__ = ("_store", "_store_error", "_unknown")
+
+    def __init__(self, store: Any, store_error: type[Exception], unknown: type[Exception]) -> None:
+        self._store = store
+        self._store_error = store_error
+        self._unknown = unknown
+
+    def __call__(self, params: dict[str, Any]) -> Any:
+        kind = params.get("Type")
+        if kind is not None and kind != "":
+            if not isinstance(kind, str):
+                raise _params_error('"Type" must be a string')
+            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        instance_id = params.get("Instance")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise _params_error('"Instance" must be a non-empty instance ID string')
+        context = params.get("Context")
+        if context is not None and not isinstance(context, dict):
+            raise _params_error('"Context" must be an object')
+        store = self._store
+        try:
+            if store.state.get(instance_id) is None:
+                raise self._unknown(instance_id)
+            done = store.destroy(instance_id)
+        except self._unknown:
+            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _pending_type(done, _DESTROYED)
+
+
+_DESTROYED = b'{"Type":"","OK":true}'
 
 
 class PendingCore:
