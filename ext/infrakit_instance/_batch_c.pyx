@@ -25,6 +25,7 @@ __all__ = ["SLACK", "Core", "trailer", "use"]
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
 cdef bytes _PAD = b" " * SLACK
+cdef bytes _SPACE = b" "
 cdef Py_ssize_t _SLACK = SLACK
 cdef Py_ssize_t _TAIL_LEN = len(TAIL)
 cdef bytes _PROPERTIES = b',"Properties":'
@@ -44,16 +45,18 @@ cdef object _Unknown = None
 cdef Py_ssize_t _TRAILER = 0, _PAD_KEEP = 0
 cdef object _place = None
 cdef object _padding = None
+cdef Py_ssize_t _COMPACT_MIN = 0
 
 
-def use(stopped, error, unknown, *, Py_ssize_t trailer, Py_ssize_t pad_keep, place, padding):
+def use(stopped, error, unknown, *, Py_ssize_t trailer, Py_ssize_t pad_keep, place, padding, Py_ssize_t compact_min):
     """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
     its layout (see the pure twin)."""
-    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding
+    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding, _COMPACT_MIN
     if trailer != 66:
         raise ValueError("a trailer is 66 bytes: two CRs around 64 bits")
     _Stopped, _Error, _Unknown = stopped, error, unknown
     _TRAILER, _PAD_KEEP, _place, _padding = trailer, pad_keep, place, padding
+    _COMPACT_MIN = compact_min
 
 
 cdef void _put_trailer(char* p, unsigned long length, unsigned long crc) noexcept:
@@ -96,6 +99,8 @@ cdef class Core:
     cdef public bint _in_place
     cdef public Py_ssize_t _size
     cdef public bint _checked
+    cdef public bint _rewrite
+    cdef public double compact_ratio
 
     def __cinit__(self, *args, **kwargs):
         self._writes = []
@@ -186,8 +191,46 @@ cdef class Core:
         return self._take()
 
     def destroy(self, instance_id):
+        cdef Record rec, head, nxt
+        cdef State state
+        cdef bint first
+        cdef Py_ssize_t size, off
+        cdef bytes blank
         if self.stopped is not None:
             raise _Stopped(self.stopped)
+        if type(self._state) is not State:
+            return self._destroy_any(instance_id)
+        state = <State>self._state
+        found = state.instances.get(instance_id)
+        if found is None:
+            raise _Unknown(instance_id)
+        rec = <Record?>found
+        head = self._first()
+        first = head is not None and head.id == instance_id
+        state.remove(instance_id)
+        size = rec.size
+        off = rec.off
+        self._live -= size + 2
+        # Blanked where it stands: with the comma before it (the newline stays) or, for the
+        # first element, from the newline before it (every element starts a line), so that
+        # destroys oldest first make one run of writes: this one goes on from the comma
+        # blanked by the destroy before it.
+        blank = PyBytes_FromStringAndSize(NULL, size + (1 if first else 2))
+        memset(PyBytes_AS_STRING(blank), 32, PyBytes_GET_SIZE(blank))
+        if first:
+            PyBytes_AS_STRING(blank)[0] = 10
+            self._put(off - 1, blank, True)
+            nxt = self._first()
+            if nxt is not None:
+                self._put(nxt.off - 2, _SPACE, True)  # the new first element has no comma before it
+        else:
+            PyBytes_AS_STRING(blank)[1] = 10
+            self._put(off - 2, blank, True)
+        self._maybe_compact()
+        return self._take()
+
+    def _destroy_any(self, instance_id):
+        """destroy() over a state of the pure twin (tests mix the twins)."""
         state = self._state
         rec = state.get(instance_id)
         if rec is None:
@@ -199,33 +242,44 @@ cdef class Core:
         cdef Py_ssize_t off = rec.off
         self._live -= size + 2
         if not first:
-            # The comma before this element goes with it; the newline stays.
             self._put(off - 2, b" \n" + b" " * size, True)
         else:
-            # From the newline before it (every element starts a line), so that destroys
-            # oldest first make one run of writes: this one goes on from the comma blanked
-            # by the destroy before it.
             self._put(off - 1, b"\n" + b" " * size, True)
             nxt = self._first()
             if nxt is not None:
-                self._put(nxt.off - 2, b" ", True)  # the new first element has no comma before it
+                self._put(nxt.off - 2, _SPACE, True)
         self._maybe_compact()
         return self._take()
+
+    cdef inline void _maybe_compact(self) noexcept:
+        # Rewritten whole once the file holds more than compact_ratio times what it would take.
+        if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
+            self._rewrite = True
 
     def _head(self):
         """The first live element (see the pure twin)."""
         return self._first()
 
     cdef object _first(self):
-        order = self._order
-        instances = self._state.instances
+        cdef object order = self._order
+        cdef object live, rec
+        cdef dict instances
+        if type(self._state) is State:
+            instances = (<State>self._state).instances
+        else:
+            instances = self._state.instances
         if order is None:
             order = self._order = _deque(instances.values())
         while order:
             rec = order[0]
-            live = instances.get(rec.id)
-            if live is not None and live.pos == rec.pos:  # the same element (a label replaces the record)
-                return live
+            if type(rec) is Record:
+                live = instances.get((<Record>rec).id)
+                if live is not None and type(live) is Record and (<Record>live).pos == (<Record>rec).pos:
+                    return live  # the same element (a label replaces the record)
+            else:
+                live = instances.get(rec.id)
+                if live is not None and live.pos == rec.pos:
+                    return live
             order.popleft()
         return None
 

@@ -33,6 +33,7 @@ cdef class State:
     cpdef load(self, Record rec, dict tags)
     cpdef bint known(self, object instance_id)
     cpdef append(self, Record rec, dict tags)
+    cpdef remove(self, object instance_id)
     cpdef _index_add(self, Record rec, dict tags, bint at_end)
     cpdef _index_remove(self, Record rec)
 

@@ -246,7 +246,7 @@ cdef class State:
         self.load(rec, tags)
         self._cache.clear()
 
-    def remove(self, instance_id):
+    cpdef remove(self, object instance_id):
         cdef Record rec = self.instances.pop(instance_id)
         self._index_remove(rec)
         self._cache.clear()

@@ -35,16 +35,29 @@ _Unknown: Any = None
 _TRAILER = _PAD_KEEP = 0
 _place: Any = None
 _padding: Any = None
+_COMPACT_MIN = 0
 
 
-def use(stopped: type, error: type, unknown: type, *, trailer: int, pad_keep: int, place: Any, padding: Any) -> None:
+def use(
+    stopped: type,
+    error: type,
+    unknown: type,
+    *,
+    trailer: int,
+    pad_keep: int,
+    place: Any,
+    padding: Any,
+    compact_min: int,
+) -> None:
     """Tell the cores the store's ``StoreStopped``, ``StoreError`` and ``UnknownInstance``, and
     its layout: a trailer's size, the padding kept past the document at least, and its rules,
     ``place(pos)`` (the spaces before a trailer at ``pos``) and ``padding(end)`` (the padding
-    after a document that ends at ``end``, when it grows)."""
-    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding
+    after a document that ends at ``end``, when it grows); ``compact_min``: the size below which
+    a file is never rewritten to compact it."""
+    global _Stopped, _Error, _Unknown, _TRAILER, _PAD_KEEP, _place, _padding, _COMPACT_MIN
     _Stopped, _Error, _Unknown = stopped, error, unknown
     _TRAILER, _PAD_KEEP, _place, _padding = trailer, pad_keep, place, padding
+    _COMPACT_MIN = compact_min
 
 
 def trailer(length: int, crc: int) -> bytes:
@@ -80,6 +93,8 @@ class Core:
     _in_place: bool
     _size: int  # the file's size: the document and the padding after it
     _checked: bool  # the last trailer carries a checksum (not NO_CHECK)
+    _rewrite: bool  # the next batch writes the whole file anew
+    compact_ratio: float  # ... once the file holds this many times what it would take
 
     @property
     def state(self) -> State:
@@ -151,8 +166,10 @@ class Core:
         self._maybe_compact()
         return self._waiter()
 
-    def _maybe_compact(self) -> None:  # the store's
-        raise NotImplementedError
+    def _maybe_compact(self) -> None:
+        # Rewritten whole once the file holds more than compact_ratio times what it would take.
+        if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
+            self._rewrite = True
 
     def _head(self) -> Any:
         """The first live element.  A walk of the instances' dict from its start steps over

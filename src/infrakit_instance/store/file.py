@@ -294,6 +294,7 @@ def tell_core(twin: Any) -> None:
         pad_keep=PAD_KEEP,
         place=_trailer_pad,
         padding=_padding,
+        compact_min=_COMPACT_MIN,
     )
 
 
@@ -721,10 +722,6 @@ class FileStore(batch.Core, Store):
                 regions[n] = Region(r.offset, data[:hi] + _trailer(at - start, crc) + data[hi + _TRAILER :])
                 return regions
         raise AssertionError("an append batch holds its elements and trailer in one region")
-
-    def _maybe_compact(self) -> None:
-        if self._end > _COMPACT_MIN and self._end > self.compact_ratio * self._live:
-            self._rewrite = True
 
     def _plan_rewrite(self) -> bytes:
         """The whole document as memory holds it now, with every element placed in it."""
