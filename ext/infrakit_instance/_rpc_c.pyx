@@ -925,23 +925,33 @@ cdef class DispatchCore:
         cdef object doc, ident, kind, name, method, id_json, result
         cdef Call call
         cdef tuple scan
-        if type(body) is bytes and type(self.methods) is dict and has(<bytes>body, b'"Instance.Provision"', 20):
-            method = (<dict>self.methods).get("Instance.Provision")
-            if type(method) is LogicalProvision:
-                # A plain Provision for the logical provider, read from its text (see _scan_provision).
-                scan = _scan_provision(<bytes>body)
-                if scan is not None:
-                    id_json = scan[0]
-                    try:
-                        result = (<LogicalProvision>method).call_text(scan[1], scan[2], scan[3], scan[4])
-                    except RpcError as exc:
-                        return self._error(id_json, exc.code, exc.message, "Instance.Provision")
-                    except Exception as exc:  # a bug must answer, not kill the connection
-                        return self._fail(id_json, "Instance.Provision", exc)
-                    (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
-                    (<PendingCore>result).id_json = id_json
-                    (<PendingCore>result).method = "Instance.Provision"
-                    return result
+        if type(body) is bytes and type(self.methods) is dict:
+            # A plain Provision or Destroy for the logical provider, read from its text (see
+            # _scan_provision, _scan_destroy); anything the scan declines goes the usual way.
+            if has(<bytes>body, b'"Instance.Provision"', 20):
+                method = (<dict>self.methods).get("Instance.Provision")
+                if type(method) is LogicalProvision:
+                    scan = _scan_provision(<bytes>body)
+                    if scan is not None:
+                        try:
+                            result = (<LogicalProvision>method).call_text(scan[1], scan[2], scan[3], scan[4])
+                        except RpcError as exc:
+                            return self._error(scan[0], exc.code, exc.message, "Instance.Provision")
+                        except Exception as exc:  # a bug must answer, not kill the connection
+                            return self._fail(scan[0], "Instance.Provision", exc)
+                        return _enveloped(result, scan[0], "Instance.Provision")
+            if has(<bytes>body, b'"Instance.Destroy"', 18):
+                method = (<dict>self.methods).get("Instance.Destroy")
+                if type(method) is LogicalDestroy:
+                    scan = _scan_destroy(<bytes>body)
+                    if scan is not None:
+                        try:
+                            result = (<LogicalDestroy>method).destroy(scan[1])
+                        except RpcError as exc:
+                            return self._error(scan[0], exc.code, exc.message, "Instance.Destroy")
+                        except Exception as exc:  # a bug must answer, not kill the connection
+                            return self._fail(scan[0], "Instance.Destroy", exc)
+                        return _enveloped(result, scan[0], "Instance.Destroy")
         try:
             doc = _decode_body(body)
         except RpcError as exc:
@@ -993,6 +1003,14 @@ cdef class DispatchCore:
                             return result
                         return self._wrap(result, id_json, name)
         return self._rest(doc, body, False)
+
+
+cdef inline object _enveloped(object result, bytes id_json, str method):
+    """A method's Pending with its answer put in the envelope (what Dispatcher._wrap does)."""
+    (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
+    (<PendingCore>result).id_json = id_json
+    (<PendingCore>result).method = method
+    return result
 
 
 cdef inline object _params_error(str message):
@@ -1172,8 +1190,7 @@ cdef class LogicalDestroy:
         return self.call(params)
 
     cdef object call(self, object params):
-        cdef object kind, instance_id, context, store, done
-        cdef PendingCore pending
+        cdef object kind, instance_id, context
         kind = _get(params, "Type")
         if kind is not None and (type(kind) is not str or PyUnicode_GET_LENGTH(kind) != 0) and kind != "":
             if not isinstance(kind, str):
@@ -1185,6 +1202,12 @@ cdef class LogicalDestroy:
         context = _get(params, "Context")
         if context is not None and not isinstance(context, dict):
             raise _params_error('"Context" must be an object')
+        return self.destroy(instance_id)
+
+    cdef object destroy(self, object instance_id):
+        """The checked ID's destroy (``_scan_destroy`` checks what ``call`` does)."""
+        cdef object store, done
+        cdef PendingCore pending
         store = self._store
         try:
             if store.state.get(instance_id) is None:
@@ -1388,6 +1411,94 @@ cdef inline bint _s_is(const unsigned char* p, Py_ssize_t* spans, Py_ssize_t j, 
     return spans[4 * j + 1] - spans[4 * j] == k + 2 and memcmp(p + spans[4 * j] + 1, key, <size_t>k) == 0
 
 
+cdef bint _s_envelope(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t* top, const char* method, Py_ssize_t method_len, Py_ssize_t* id_span
+) noexcept:
+    """The scanned members of a request (``top``) are "jsonrpc":"2.0", "method" with the text
+    ``method`` (``method_len`` bytes, quotes included), "params" an object and an "id" that is a
+    string without escapes or an integer, each once and nothing else; the id's span then
+    goes to ``id_span``.  False for anything else (read the usual way)."""
+    cdef Py_ssize_t j, a, b
+    cdef int seen = 0
+    cdef bint escaped
+    for j in range(_S_KEYS):
+        a = top[4 * j]
+        if a < 0:
+            break
+        a, b = top[4 * j + 2], top[4 * j + 3]
+        if _s_is(p, top, j, b"jsonrpc", 7):
+            if b - a != 5 or memcmp(p + a, b'"2.0"', 5) != 0:
+                return False
+            seen |= 1
+        elif _s_is(p, top, j, b"method", 6):
+            if b - a != method_len or memcmp(p + a, method, <size_t>method_len) != 0:
+                return False
+            seen |= 2
+        elif _s_is(p, top, j, b"params", 6):
+            if p[a] != 123:
+                return False
+            seen |= 4
+        elif _s_is(p, top, j, b"id", 2):
+            if p[a] == 34:
+                escaped = False
+                if _s_string(p, n, a, &escaped) != b or escaped:
+                    return False
+            elif not (p[a] == 45 or 48 <= p[a] <= 57):
+                return False  # null: answered the usual way (else an integer, as _s_value read it)
+            id_span[0], id_span[1] = a, b
+            seen |= 8
+        else:
+            return False
+    return seen == 15
+
+
+cdef tuple _scan_destroy(bytes body):
+    """A compact Instance.Destroy request in the form orjson writes, read without building its
+    objects: ``(id_json, instance_id)``; None for anything else (the dispatcher then reads it
+    the usual way, which answers the same).  Its params are a plain "Instance" string (no
+    escape), at most an empty "Type" and a "Context" object or null."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t top[4 * _S_KEYS]
+    cdef Py_ssize_t params[4 * _S_KEYS]
+    cdef Py_ssize_t id_span[2]
+    cdef Py_ssize_t j, a, b, e, xs = -1, xe = -1
+    cdef _Capture c_top, c_params
+    c_params.spans, c_params.child = params, NULL
+    c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
+    top[0] = params[0] = -1
+    if n < 2 or p[0] != 123:
+        return None
+    e = _s_object(p, n, 0, 0, &c_top)
+    if e < 0 or _q_ws(p, n, e) != n:
+        return None
+    if not _s_envelope(p, n, top, b'"Instance.Destroy"', 18, id_span):
+        return None
+    for j in range(_S_KEYS):
+        a = params[4 * j]
+        if a < 0:
+            break
+        a, b = params[4 * j + 2], params[4 * j + 3]
+        if _s_is(p, params, j, b"Type", 4):
+            if not ((b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)):
+                return None  # a Type named: answered the usual way
+        elif _s_is(p, params, j, b"Instance", 8):
+            if p[a] != 34 or b - a < 3 or memchr(p + a, 92, <size_t>(b - a)) != NULL:
+                return None  # not a string, empty, or an escape to decode
+            xs, xe = a + 1, b - 1
+        elif _s_is(p, params, j, b"Context", 7):
+            if p[a] != 123 and p[a] != 110:
+                return None
+        else:
+            return None
+    if xs < 0:
+        return None
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
+        PyUnicode_DecodeASCII(<const char*>p + xs, xe - xs, NULL),
+    )
+
+
 cdef tuple _scan_provision(bytes body):
     """A compact Instance.Provision request whose text is what orjson would write of it, read
     without building its objects: ``(id_json, tags, logical_id_json, tags_json, spec_text)``;
@@ -1401,9 +1512,8 @@ cdef tuple _scan_provision(bytes body):
     cdef Py_ssize_t params[4 * _S_KEYS]
     cdef Py_ssize_t spec[4 * _S_KEYS]
     cdef Py_ssize_t tagm[4 * _S_KEYS]
-    cdef Py_ssize_t j, a, b, e, c, ids = -1, ide = -1, ss = -1, se = -1, ts = -1, te = -1, ls = -1, le = -1
-    cdef int seen = 0
-    cdef bint escaped
+    cdef Py_ssize_t id_span[2]
+    cdef Py_ssize_t j, a, b, e, c, ids, ide, ss = -1, se = -1, ts = -1, te = -1, ls = -1, le = -1
     cdef dict tags
     cdef _Capture c_top, c_params, c_spec, c_tags
     c_tags.spans, c_tags.child = tagm, NULL
@@ -1416,38 +1526,9 @@ cdef tuple _scan_provision(bytes body):
     e = _s_object(p, n, 0, 0, &c_top)
     if e < 0 or _q_ws(p, n, e) != n:
         return None
-    for j in range(_S_KEYS):
-        a = top[4 * j]
-        if a < 0:
-            break
-        a, b = top[4 * j + 2], top[4 * j + 3]
-        if _s_is(p, top, j, b"jsonrpc", 7):
-            if b - a != 5 or memcmp(p + a, b'"2.0"', 5) != 0:
-                return None
-            seen |= 1
-        elif _s_is(p, top, j, b"method", 6):
-            if b - a != 20 or memcmp(p + a, b'"Instance.Provision"', 20) != 0:
-                return None
-            seen |= 2
-        elif _s_is(p, top, j, b"params", 6):
-            if p[a] != 123:
-                return None
-            seen |= 4
-        elif _s_is(p, top, j, b"id", 2):
-            if p[a] == 34:
-                escaped = False
-                if _s_string(p, n, a, &escaped) != b or escaped:
-                    return None
-            elif p[a] == 45 or 48 <= p[a] <= 57:
-                pass  # an integer, as _s_value read it
-            else:
-                return None  # null: answered the usual way
-            ids, ide = a, b
-            seen |= 8
-        else:
-            return None
-    if seen != 15:
+    if not _s_envelope(p, n, top, b'"Instance.Provision"', 20, id_span):
         return None
+    ids, ide = id_span[0], id_span[1]
     for j in range(_S_KEYS):
         a = params[4 * j]
         if a < 0:
@@ -1541,6 +1622,12 @@ cdef object _tag_text(const char* s, Py_ssize_t n):
     text = PyUnicode_DecodeASCII(s, n, NULL)
     _tag_cache[h] = text
     return text
+
+
+def scan_destroy(body):
+    """What the dispatcher reads of a plain Destroy body without building its objects:
+    ``(id_json, instance_id)``, or None (read the usual way); compiled only."""
+    return _scan_destroy(body) if type(body) is bytes else None
 
 
 def scan_provision(body):
