@@ -398,7 +398,7 @@ def test_logical_provision_twins_agree(steps: list[Any], seed: int, collide: boo
     assert runs[0][-2] == taken + ids
 
 
-# -- LogicalDestroy: Destroy for the logical provider, whole in each twin -------------------
+# -- LogicalDestroy and LogicalLabel: changes for the logical provider, whole in each twin --
 
 _DESTROY_IDS = [f"instance-{n}" for n in range(5)]
 
@@ -416,10 +416,24 @@ def destroy_params(draw: st.DrawFn) -> Any:
     return params
 
 
+@st.composite
+def label_params(draw: st.DrawFn) -> Any:
+    """Label params, mostly of instances the store holds, with one part or another of any shape."""
+    params: dict[str, Any] = {}
+    if draw(st.booleans()):
+        params["Type"] = draw(st.one_of(st.sampled_from(["", None, "aws"]), _ANY))
+    if draw(st.integers(0, 9)):
+        params["Instance"] = draw(st.one_of(st.sampled_from([*_DESTROY_IDS, "", "instance-9"]), _ANY))
+    if draw(st.integers(0, 4)):
+        labels = st.dictionaries(st.sampled_from(["t", "u", "v"]), st.text(max_size=3), max_size=3)
+        params["Labels"] = draw(st.one_of(labels, st.none(), _ANY) if draw(st.booleans()) else labels)
+    return params
+
+
 def _destroy_run(destroy: Any, path: str, steps: list[Any]) -> list[Any]:
-    """Destroy ``steps`` one by one over a store holding ``_DESTROY_IDS``, with what
-    ``destroy(store)`` makes of the store: each outcome, then the store stopped, the IDs left
-    and the file."""
+    """Run ``steps`` one by one over a store holding ``_DESTROY_IDS``, with what
+    ``destroy(store)`` (a Destroy or a Label) makes of the store: each outcome, then the store
+    stopped, the instances left with their descriptions, the tag index and the file."""
     from infrakit_instance.state import Record
     from infrakit_instance.store import FileStore
 
@@ -439,17 +453,17 @@ def _destroy_run(destroy: Any, path: str, steps: list[Any]) -> list[Any]:
             assert isinstance(pending, Pending)
             await pending.done
             seen.append(("ok", pending.answer, pending.settle()))
-        left = [r.id for r in store.state.instances.values()]
+        left = [(r.id, r.brief) for r in store.state.instances.values()]
         if left:
             store.stopped = "the disk is full"
             try:
-                call({"Instance": left[0]})
+                call({"Instance": left[0][0]})
             except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
                 seen.append(("stopped", exc.code, exc.message))
             store.stopped = None
         seen.append(left)
-        # The tag index forgets what was destroyed.
-        seen.append([[r.id for r in store.state.select({"t": i})] for i in _DESTROY_IDS])
+        index = store.state._index
+        seen.append(sorted(((k, v), sorted(b)) for k, by in index.items() for v, b in by.items()))
         await store.close()
         with open(path, "rb") as f:
             seen.append(f.read())
@@ -478,8 +492,40 @@ def test_logical_destroy_twins_agree_with_plugin_destroy(steps: list[Any]) -> No
     assert runs[0] == runs[1] == runs[2]
     destroyed = [p["Instance"] for p, o in zip(steps, runs[0], strict=False) if o[0] == "ok"]
     left = [i for i in _DESTROY_IDS if i not in destroyed]
-    assert runs[0][-3] == left
-    assert runs[0][-2] == [[i] if i in left else [] for i in _DESTROY_IDS]
+    assert [i for i, _ in runs[0][-3]] == left
+    # The tag index forgets what was destroyed.
+    assert runs[0][-2] == [(("t", i), [i]) for i in left]
     for outcome in runs[0][: len(steps)]:
         if outcome[0] == "ok":
             assert outcome[1] == outcome[2] == b'{"Type":"","OK":true}'
+
+
+@SETTINGS
+@given(st.lists(label_params(), max_size=10))
+def test_logical_label_twins_agree_with_plugin_label(steps: list[Any]) -> None:
+    import tempfile
+
+    from infrakit_instance.plugin import Plugin
+    from infrakit_instance.provider import LogicalProvider
+    from infrakit_instance.store import StoreError, UnknownInstance
+
+    _rpc_py.use_pending(Pending)
+    makers = [lambda store, twin=twin: twin.LogicalLabel(store, StoreError, UnknownInstance) for twin in TWINS]
+    # The interpreted path it replaces for the logical provider: Plugin.label itself.
+    makers.append(lambda store: Plugin(store, LogicalProvider()).label)
+    runs = []
+    for make in makers:
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(_destroy_run(make, f"{d}/state.json", steps))
+    assert runs[0] == runs[1] == runs[2]
+    # What each label that succeeded did: its tags on the instance, in the index too.
+    want = {i: {"t": i} for i in _DESTROY_IDS}
+    for params, outcome in zip(steps, runs[0], strict=False):
+        if outcome[0] == "ok":
+            assert outcome[1] == outcome[2] == b'{"Type":"","OK":true}'
+            want[params["Instance"]].update(params.get("Labels") or {})
+    assert [(i, orjson.loads(b)["Tags"]) for i, b in runs[0][-3]] == list(want.items())
+    assert runs[0][-2] == sorted(
+        ((k, v), sorted(i for i in want if want[i].get(k) == v))
+        for k, v in {(k, v) for t in want.values() for k, v in t.items()}
+    )

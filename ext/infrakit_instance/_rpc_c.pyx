@@ -44,6 +44,7 @@ __all__ = [
     "Call",
     "DispatchCore",
     "LogicalDestroy",
+    "LogicalLabel",
     "LogicalProvision",
     "PendingCore",
     "RpcError",
@@ -987,6 +988,8 @@ cdef class DispatchCore:
                                 result = (<LogicalProvision>method).call(call.params, None)
                             elif type(method) is LogicalDestroy:
                                 result = (<LogicalDestroy>method).call(call.params)
+                            elif type(method) is LogicalLabel:
+                                result = (<LogicalLabel>method).call(call.params)
                             else:
                                 result = method(call.params)
                         except RpcError as exc:
@@ -1190,16 +1193,8 @@ cdef class LogicalDestroy:
         return self.call(params)
 
     cdef object call(self, object params):
-        cdef object kind, instance_id, context
-        kind = _get(params, "Type")
-        if kind is not None and (type(kind) is not str or PyUnicode_GET_LENGTH(kind) != 0) and kind != "":
-            if not isinstance(kind, str):
-                raise _params_error('"Type" must be a string')
-            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
-        instance_id = _get(params, "Instance")
-        if not isinstance(instance_id, str) or not instance_id:
-            raise _params_error('"Instance" must be a non-empty instance ID string')
-        context = _get(params, "Context")
+        cdef object instance_id = _change_target(params)
+        cdef object context = _get(params, "Context")
         if context is not None and not isinstance(context, dict):
             raise _params_error('"Context" must be an object')
         return self.destroy(instance_id)
@@ -1220,11 +1215,62 @@ cdef class LogicalDestroy:
         # rpc.Pending(done, answer), without its __init__ call
         pending = PendingCore.__new__(_pending_type)
         pending.done = done
-        pending.answer = _DESTROYED
+        pending.answer = _OK_ANSWER
         return pending
 
 
-cdef bytes _DESTROYED = b'{"Type":"","OK":true}'
+cdef class LogicalLabel:
+    """Instance.Label with no provider to act (the logical provider): the params checked
+    (``Type``, a non-empty ``Instance`` ID, ``Labels`` an object of strings or absent), the
+    instance known, the change handed to the store; the answer (a ``rpc.Pending``) waits for
+    the store to make it durable."""
+
+    cdef object _store
+    cdef object _store_error
+    cdef object _unknown
+
+    def __init__(self, store, store_error, unknown):
+        self._store = store
+        self._store_error = store_error
+        self._unknown = unknown
+
+    def __call__(self, params):
+        return self.call(params)
+
+    cdef object call(self, object params):
+        cdef object instance_id = _change_target(params)
+        cdef object labels = _string_map(_get(params, "Labels"), "Labels")
+        cdef object store = self._store
+        cdef object done
+        cdef PendingCore pending
+        try:
+            if store.state.get(instance_id) is None:
+                raise self._unknown(instance_id)
+            done = store.label(instance_id, labels)
+        except self._unknown:
+            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        pending = PendingCore.__new__(_pending_type)
+        pending.done = done
+        pending.answer = _OK_ANSWER
+        return pending
+
+
+cdef object _change_target(object params):
+    """The checked ``Instance`` of a Destroy's or Label's params (after their ``Type``)."""
+    cdef object kind = _get(params, "Type")
+    if kind is not None and (type(kind) is not str or PyUnicode_GET_LENGTH(kind) != 0) and kind != "":
+        if not isinstance(kind, str):
+            raise _params_error('"Type" must be a string')
+        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    cdef object instance_id = _get(params, "Instance")
+    if not isinstance(instance_id, str) or not instance_id:
+        raise _params_error('"Instance" must be a non-empty instance ID string')
+    return instance_id
+
+
+cdef bytes _OK_ANSWER = b'{"Type":"","OK":true}'  # the answer of a Destroy and of a Label
 
 
 cdef inline object _get(object params, str key):

@@ -27,6 +27,7 @@ __all__ = [
     "Call",
     "DispatchCore",
     "LogicalDestroy",
+    "LogicalLabel",
     "LogicalProvision",
     "PendingCore",
     "RpcError",
@@ -561,14 +562,7 @@ class LogicalDestroy:
         self._unknown = unknown
 
     def __call__(self, params: dict[str, Any]) -> Any:
-        kind = params.get("Type")
-        if kind is not None and kind != "":
-            if not isinstance(kind, str):
-                raise _params_error('"Type" must be a string')
-            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
-        instance_id = params.get("Instance")
-        if not isinstance(instance_id, str) or not instance_id:
-            raise _params_error('"Instance" must be a non-empty instance ID string')
+        instance_id = _change_target(params)
         context = params.get("Context")
         if context is not None and not isinstance(context, dict):
             raise _params_error('"Context" must be an object')
@@ -581,10 +575,51 @@ class LogicalDestroy:
             raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
         except self._store_error as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _pending_type(done, _DESTROYED)
+        return _pending_type(done, _OK_ANSWER)
 
 
-_DESTROYED = b'{"Type":"","OK":true}'
+class LogicalLabel:
+    """Instance.Label with no provider to act (the logical provider): the params checked
+    (``Type``, a non-empty ``Instance`` ID, ``Labels`` an object of strings or absent), the
+    instance known, the change handed to the store; the answer (a ``rpc.Pending``) waits for
+    the store to make it durable."""
+
+    __slots__ = ("_store", "_store_error", "_unknown")
+
+    def __init__(self, store: Any, store_error: type[Exception], unknown: type[Exception]) -> None:
+        self._store = store
+        self._store_error = store_error
+        self._unknown = unknown
+
+    def __call__(self, params: dict[str, Any]) -> Any:
+        instance_id = _change_target(params)
+        labels = _string_map(params.get("Labels"), "Labels")
+        store = self._store
+        try:
+            if store.state.get(instance_id) is None:
+                raise self._unknown(instance_id)
+            done = store.label(instance_id, labels)
+        except self._unknown:
+            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _pending_type(done, _OK_ANSWER)
+
+
+def _change_target(params: dict[str, Any]) -> Any:
+    """The checked ``Instance`` of a Destroy's or Label's params (after their ``Type``)."""
+    kind = params.get("Type")
+    if kind is not None and kind != "":
+        if not isinstance(kind, str):
+            raise _params_error('"Type" must be a string')
+        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    instance_id = params.get("Instance")
+    if not isinstance(instance_id, str) or not instance_id:
+        raise _params_error('"Instance" must be a non-empty instance ID string')
+    return instance_id
+
+
+_OK_ANSWER = b'{"Type":"","OK":true}'  # the answer of a Destroy and of a Label
 
 
 class PendingCore:

@@ -91,8 +91,9 @@ class Plugin:
             # Provision with no provider hooks to await: done whole by the _rpc twin (in C when compiled).
             self._logical = rpc.LogicalProvision(store, self._rand, self._proposed, StoreError, Record)
             self.methods["Instance.Provision"] = self._logical
-            # Destroy likewise: checks, the store's change and the pending answer in one call.
+            # Destroy and Label likewise: checks, the store's change and the pending answer in one call.
             self.methods["Instance.Destroy"] = rpc.LogicalDestroy(store, StoreError, UnknownInstance)
+            self.methods["Instance.Label"] = rpc.LogicalLabel(store, StoreError, UnknownInstance)
 
     def quick_answers(self) -> tuple[tuple[bytes, bytes, bool], ...]:
         """The methods whose answer is fixed, for ``rpc.quick``: ``(method, result, empty_type)``,
