@@ -22,6 +22,7 @@ from infrakit_instance._impl import codec
 from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance
 from infrakit_instance.store.file import StoreStopped, load_state_file, tell_core
+from infrakit_instance.store.journal import Region
 
 pytestmark = pytest.mark.compiled
 _batch_c = impls.compiled_modules()[impls.MODULES.index("_batch")]
@@ -202,3 +203,51 @@ def test_a_stopped_store_refuses_provisions_and_destroys_with_its_reason(tmp_pat
         await store.close()
 
     asyncio.run(go())
+
+
+# -- a journal span's image: what the journal logs and writes of a batch, in each twin ------
+
+
+@st.composite
+def _spans(draw: st.DrawFn) -> tuple[Any, ...]:
+    chunk = draw(st.sampled_from([8, 16, 512]))
+    first = draw(st.integers(0, 4))
+    count = draw(st.integers(1, 4))
+    base = first * chunk
+    old = draw(st.binary(max_size=count * chunk))
+    regions = []
+    for _ in range(draw(st.integers(0, 5))):
+        lo = draw(st.integers(0, count * chunk - 1))
+        data = draw(st.binary(min_size=1, max_size=count * chunk - lo))
+        regions.append(Region(base + lo, data))
+    new_size = base + draw(st.integers(-chunk, count * chunk + chunk))
+    return old, regions, first, count, base, new_size, chunk
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_spans())
+def test_a_journal_spans_image_is_each_twins_alike(span: tuple[Any, ...]) -> None:
+    import zlib
+
+    old, regions, first, count, base, new_size, chunk = span
+    got = [twin.span_image(old, regions, first, count, base, new_size, chunk) for twin in (_batch_c, _batch_py)]
+    assert got[0] == got[1]
+    # And what they compute, from a plain model: the writes applied in order over the old bytes
+    # (zeros past them), the file cut at new_size, chunks zero-padded.
+    image = bytearray(old)
+    for r in regions:
+        lo = r.offset - base
+        image.extend(bytes(max(0, lo + len(r.data) - len(image))))
+        image[lo : lo + len(r.data)] = r.data
+    cut = bytes(image[: max(0, new_size - base)])
+    if regions:
+        start = min(r.offset for r in regions) - base
+        stop = min(max(r.offset + len(r.data) for r in regions) - base, new_size - base)
+        assert got[0][0] == ((base + start, cut[start:stop]) if stop > start else None)
+    else:
+        assert got[0][0] is None
+
+    def padded(b: bytes, k: int) -> int:
+        return zlib.crc32(b[k * chunk : (k + 1) * chunk].ljust(chunk, b"\0"))
+
+    assert got[0][1] == [(first + k, padded(old, k), padded(cut, k)) for k in range(count)]

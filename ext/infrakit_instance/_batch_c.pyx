@@ -20,7 +20,7 @@ from cpython.list cimport PyList_GET_SIZE
 from infrakit_instance._codec_c import TAIL
 from infrakit_instance._state_c cimport Record, State
 
-__all__ = ["SLACK", "Core", "trailer", "use"]
+__all__ = ["SLACK", "Core", "span_image", "trailer", "use"]
 
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
@@ -76,6 +76,64 @@ def trailer(length, crc):
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 66)
     _put_trailer(PyBytes_AS_STRING(out), n, c)
     return out
+
+
+def span_image(bytes old, list placed, Py_ssize_t first, Py_ssize_t count, Py_ssize_t base, Py_ssize_t new_size,
+               Py_ssize_t chunk):
+    """A journal span's new bytes and its chunks' crc32 before and after (see the pure twin)."""
+    cdef Py_ssize_t n_old = PyBytes_GET_SIZE(old)
+    cdef Py_ssize_t size = n_old, start = count * chunk, stop = 0, lo, hi, cut
+    cdef object r
+    cdef bytes data, image
+    cdef char* w
+    cdef list offsets = []
+    for r in placed:
+        data = <bytes?>r.data
+        lo = <Py_ssize_t>r.offset - base
+        hi = lo + PyBytes_GET_SIZE(data)
+        if lo < 0:
+            raise ValueError("a write before the span")
+        offsets.append(lo)
+        if hi > size:
+            size = hi
+    # The new image: the old bytes, zeros where the writes reach past them, then each write.
+    image = PyBytes_FromStringAndSize(NULL, size)
+    w = PyBytes_AS_STRING(image)
+    memcpy(w, PyBytes_AS_STRING(old), n_old)
+    memset(w + n_old, 0, size - n_old)
+    for i, r in enumerate(placed):
+        data = <bytes>r.data
+        lo = offsets[i]
+        hi = lo + PyBytes_GET_SIZE(data)
+        memcpy(w + lo, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if lo < start:
+            start = lo
+        if hi > stop:
+            stop = hi
+    cut = new_size - base
+    if cut < 0:
+        cut = 0
+    if cut > size:
+        cut = size
+    if stop > new_size - base:
+        stop = new_size - base
+    joined = (base + start, PyBytes_FromStringAndSize(w + start, stop - start)) if stop > start else None
+    cdef list crcs = []
+    cdef Py_ssize_t k
+    for k in range(count):
+        crcs.append((first + k, _chunk_crc(PyBytes_AS_STRING(old), n_old, k * chunk, chunk),
+                     _chunk_crc(w, cut, k * chunk, chunk)))
+    return joined, crcs
+
+
+cdef object _chunk_crc(const char* p, Py_ssize_t size, Py_ssize_t at, Py_ssize_t chunk):
+    """crc32 of the chunk at ``at`` of an image of ``size`` bytes, zero-padded to a whole chunk."""
+    cdef Py_ssize_t piece
+    if at + chunk <= size:
+        return _crc32(PyMemoryView_FromMemory(<char*>p + at, chunk, PyBUF_READ))
+    piece = size - at if at < size else 0
+    crc = _crc32(PyMemoryView_FromMemory(<char*>p + at, piece, PyBUF_READ)) if piece else 0
+    return _crc32(bytes(chunk - piece), crc)
 
 
 cdef class Core:

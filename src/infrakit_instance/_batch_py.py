@@ -20,7 +20,7 @@ from ._codec_py import TAIL
 if TYPE_CHECKING:
     from .state import State
 
-__all__ = ["SLACK", "Core", "trailer", "use"]
+__all__ = ["SLACK", "Core", "span_image", "trailer", "use"]
 
 #: Spaces after each element, so that most labels rewrite it where it stands.
 SLACK = 32
@@ -69,6 +69,49 @@ def trailer(length: int, crc: int) -> bytes:
 
 
 _BITS = bytes.maketrans(b"01", b" \t")
+
+
+def span_image(
+    old: bytes, placed: list[Any], first: int, count: int, base: int, new_size: int, chunk: int
+) -> tuple[tuple[int, bytes] | None, list[tuple[int, int, int]]]:
+    """A journal span's new bytes: ``old`` is what the file holds from ``base`` (chunk ``first``
+    of ``count``, each of ``chunk`` bytes), ``placed`` the batch's writes into the span in the
+    batch's order (a later one wins where they overlap), and the file ends at ``new_size``.
+    Returns the one write that makes them (``(offset, bytes)`` from the first byte written to
+    the last, the bytes between as the file holds them; None if nothing is left below
+    ``new_size``) and each chunk's ``(index, crc32 before, crc32 after)``, a chunk the file
+    does not fill counted as if zero-padded."""
+    new = bytearray(old)
+    start, stop = count * chunk, 0  # what the writes cover, from base
+    for r in placed:
+        lo = r.offset - base
+        hi = lo + len(r.data)
+        if len(new) < hi:
+            new.extend(bytes(hi - len(new)))
+        new[lo:hi] = r.data
+        if lo < start:
+            start = lo
+        if hi > stop:
+            stop = hi
+    del new[max(0, new_size - base) :]
+    stop = min(stop, new_size - base)
+    joined = (base + start, bytes(new[start:stop])) if stop > start else None
+    before = _chunk_crcs(old, count, chunk)
+    after = _chunk_crcs(new, count, chunk)
+    return joined, list(zip(range(first, first + count), before, after, strict=True))
+
+
+def _chunk_crcs(image: bytes | bytearray, count: int, chunk: int) -> list[int]:
+    """crc32 of the ``count`` chunks of ``image``, each zero-padded to a whole chunk."""
+    view = memoryview(image)
+    size = len(image)
+    crc32 = zlib.crc32
+    whole = min(count, size // chunk)  # chunks the image holds in full
+    out = [crc32(view[at : at + chunk]) for at in range(0, whole * chunk, chunk)]
+    for at in range(whole * chunk, count * chunk, chunk):
+        piece = view[at:size] if at < size else b""
+        out.append(crc32(bytes(chunk - len(piece)), crc32(piece)))
+    return out
 
 
 class Core:

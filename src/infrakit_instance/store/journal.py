@@ -38,6 +38,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .._impl import batch
 from .disk import Disk
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
 ]
 
 CHUNK = 512
-_ZEROS = bytes(CHUNK)
 _MAGIC = b"IKW2"
 # magic, epoch, seq, dev, ino, old size, new size, region count, chunk count, payload length
 _HEAD = struct.Struct("<4sQIQQQQIII")
@@ -150,21 +150,6 @@ def read_records(raw: bytes) -> list[JournalRecord]:
         out.append(rec)
 
 
-def _chunk_crcs(image: bytes | bytearray, first: int, count: int, base: int) -> list[int]:
-    """crc32 of ``count`` chunks from chunk ``first``, of ``image`` that starts at byte ``base``,
-    each zero-padded to a whole chunk."""
-    view = memoryview(image)
-    size = len(image)
-    crc32 = zlib.crc32
-    lo = first * CHUNK - base
-    whole = min(count, max(0, (size - lo) // CHUNK))  # chunks the image holds in full
-    out = [crc32(view[at : at + CHUNK]) for at in range(lo, lo + whole * CHUNK, CHUNK)]
-    for at in range(lo + whole * CHUNK, lo + count * CHUNK, CHUNK):
-        piece = view[at:size] if at < size else b""
-        out.append(crc32(_ZEROS[: CHUNK - len(piece)], crc32(piece)))
-    return out
-
-
 def _spans(regions: list[Region]) -> list[tuple[int, int]]:
     """Chunk ranges (first, count) the regions write (in any order, overlapping or not), merged."""
     ranges = sorted((r.offset // CHUNK, (r.offset + len(r.data) - 1) // CHUNK + 1) for r in regions if r.data)
@@ -221,25 +206,10 @@ class Journal:
                 mine[bisect.bisect_right(starts, r.offset) - 1].append(r)
         for (first, count), base, placed in zip(spans, starts, mine, strict=True):
             old = os.pread(data_fd, min(count * CHUNK, old_size - base), base) if base < old_size else b""
-            new = bytearray(old)
-            start, stop = count * CHUNK, 0  # what the span's regions cover, from base
-            for r in placed:
-                lo = r.offset - base
-                hi = lo + len(r.data)
-                if len(new) < hi:
-                    new.extend(bytes(hi - len(new)))
-                new[lo:hi] = r.data
-                if lo < start:
-                    start = lo
-                if hi > stop:
-                    stop = hi
-            del new[max(0, new_size - base) :]
-            stop = min(stop, new_size - base)
-            if stop > start:
-                joined.append(Region(base + start, bytes(new[start:stop])))
-            before = _chunk_crcs(old, first, count, base)
-            after = _chunk_crcs(new, first, count, base)
-            chunks += zip(range(first, first + count), before, after, strict=True)
+            write, crcs = batch.span_image(old, placed, first, count, base, new_size, CHUNK)
+            if write is not None:
+                joined.append(Region(*write))
+            chunks += crcs
         rec = JournalRecord(
             self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in joined], chunks
         )
