@@ -529,3 +529,75 @@ def test_logical_label_twins_agree_with_plugin_label(steps: list[Any]) -> None:
         ((k, v), sorted(i for i in want if want[i].get(k) == v))
         for k, v in {(k, v) for t in want.values() for k, v in t.items()}
     )
+
+
+# -- Describe: DescribeInstances over the state, whole in each twin -------------------------
+
+
+@st.composite
+def describe_params(draw: st.DrawFn) -> Any:
+    """Describe params, mostly valid, with one part or another of any shape."""
+    params: dict[str, Any] = {}
+    if draw(st.booleans()):
+        params["Type"] = draw(st.one_of(st.sampled_from(["", None, "aws"]), _ANY))
+    if draw(st.booleans()):
+        tags = st.dictionaries(
+            st.sampled_from(["group", "n", "x"]), st.sampled_from(["g0", "g1", "1", "y"]), max_size=2
+        )
+        params["Tags"] = draw(st.one_of(tags, st.none(), _ANY) if draw(st.booleans()) else tags)
+    if draw(st.booleans()):
+        params["Properties"] = draw(st.one_of(st.booleans(), st.none(), _ANY))
+    return params
+
+
+@SETTINGS
+@given(st.lists(describe_params(), min_size=1, max_size=6), st.sampled_from([0, 200, 1 << 20]))
+def test_describe_twins_agree_and_answer_the_states_descriptions(steps: list[Any], big: int) -> None:
+    import tempfile
+
+    from infrakit_instance.rpc import Parts
+    from infrakit_instance.state import Record
+    from infrakit_instance.store import FileStore
+
+    async def go(twin: Any, path: str) -> list[Any]:
+        store = FileStore(path, fsync=False)
+        await store.open()
+        for n in range(4):
+            iid = f"instance-{n}"
+            tags = {"group": f"g{n % 2}", "n": str(n)}
+            await store.provision(Record(iid, _codec_c.encode_brief(iid, None, tags), b'{"k":%d}' % n), tags)
+        waited: list[Any] = []
+        barrier: Any = None
+        describe = twin.Describe(store, lambda b, *args: waited.append((b is barrier, *args)) or "after", big, Parts)
+        seen: list[Any] = []
+        for params in steps:
+            try:
+                answer = describe(params)
+            except (_rpc_c.RpcError, _rpc_py.RpcError) as exc:
+                seen.append(("error", exc.code, exc.message))
+                continue
+            body = answer.join() if isinstance(answer, Parts) else answer
+            seen.append(("parts" if isinstance(answer, Parts) else "bytes", body))
+            # What the state describes, in the envelope, for the params as checked.
+            tags = params.get("Tags") or None
+            descriptions = store.describe(tags, bool(params.get("Properties")))
+            assert body == b'{"Type":"","Descriptions":' + descriptions + b"}"
+            assert isinstance(answer, Parts) == (len(descriptions) >= big)
+        # A store that must catch up first: the answer is the one made after its barrier.
+        barrier = asyncio.get_running_loop().create_future()
+        store.read_barrier = lambda: barrier  # type: ignore[method-assign]
+        seen.append(describe({"Tags": {"group": "g1"}, "Properties": True}))
+        seen.append(waited)
+        await store.close()
+        return seen
+
+    runs = []
+    for twin in TWINS:
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(asyncio.run(go(twin, f"{d}/state.json")))
+    assert runs[0] == runs[1]
+    assert runs[0][-2:] == ["after", [(True, b'""', {"group": "g1"}, True)]]
+    for params, outcome in zip(steps, runs[0], strict=False):
+        kind = params.get("Type")
+        if kind not in ("", None):
+            assert outcome[0] == "error"

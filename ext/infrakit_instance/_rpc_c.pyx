@@ -42,6 +42,7 @@ __all__ = [
     "PARSE_ERROR",
     "PLUGIN_ERROR",
     "Call",
+    "Describe",
     "DispatchCore",
     "LogicalDestroy",
     "LogicalLabel",
@@ -990,6 +991,8 @@ cdef class DispatchCore:
                                 result = (<LogicalDestroy>method).call(call.params)
                             elif type(method) is LogicalLabel:
                                 result = (<LogicalLabel>method).call(call.params)
+                            elif type(method) is Describe:
+                                result = (<Describe>method).call(call.params)
                             else:
                                 result = method(call.params)
                         except RpcError as exc:
@@ -1172,6 +1175,52 @@ cdef class LogicalProvision:
         pending.done = done
         pending.answer = _id_answer(instance_id)
         return pending
+
+
+cdef class Describe:
+    """Instance.DescribeInstances over a store's state (see the pure twin)."""
+
+    cdef object _store
+    cdef object _after
+    cdef Py_ssize_t _big
+    cdef object _parts
+
+    def __init__(self, store, after, Py_ssize_t big, parts):
+        self._store = store
+        self._after = after
+        self._big = big
+        self._parts = parts
+
+    def __call__(self, params):
+        return self.call(params)
+
+    cdef object call(self, object params):
+        cdef object kind = _get(params, "Type")
+        cdef bytes type_json
+        if kind is None or (type(kind) is str and PyUnicode_GET_LENGTH(kind) == 0) or kind == "":
+            type_json = _EMPTY_TYPE
+        elif not isinstance(kind, str):
+            raise _params_error('"Type" must be a string')
+        else:
+            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        cdef object tags = _string_map(_get(params, "Tags"), "Tags")
+        cdef object properties = (<dict>params).get("Properties", False) if type(params) is dict else params.get(
+            "Properties", False
+        )
+        if properties is None:
+            properties = False
+        if not isinstance(properties, bool):
+            raise _params_error('"Properties" must be true or false')
+        cdef object store = self._store
+        cdef object barrier = store.read_barrier()
+        if barrier is not None:
+            return self._after(barrier, type_json, tags or None, properties)
+        cdef object descriptions = store.describe(tags or None, properties)
+        if type(descriptions) is bytes and PyBytes_GET_SIZE(<bytes>descriptions) < self._big:
+            return wrap2(b'{"Type":', 8, type_json, b',"Descriptions":', 16, <bytes>descriptions)
+        if len(descriptions) < self._big:
+            return b'{"Type":' + type_json + b',"Descriptions":' + descriptions + b"}"
+        return self._parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
 
 cdef class LogicalDestroy:

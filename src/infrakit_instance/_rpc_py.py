@@ -25,6 +25,7 @@ __all__ = [
     "PARSE_ERROR",
     "PLUGIN_ERROR",
     "Call",
+    "Describe",
     "DispatchCore",
     "LogicalDestroy",
     "LogicalLabel",
@@ -546,6 +547,45 @@ class LogicalProvision:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         # the ID is "instance-" and digits: its JSON needs no escapes
         return _pending_type(done, b'{"Type":' + type_json + b',"ID":"' + instance_id.encode() + b'"}')
+
+
+class Describe:
+    """Instance.DescribeInstances over a store's state: the params checked (``Type``, ``Tags`` an
+    object of strings or absent, ``Properties`` true, false or absent), the answer the state's
+    descriptions in their envelope; ``parts(head, descriptions, tail)`` holds an answer of
+    ``big`` bytes or more, sent without copying.  A store that must catch up first (its
+    ``read_barrier()``) is answered by ``after(barrier, type_json, tags, properties)``."""
+
+    __slots__ = ("_after", "_big", "_parts", "_store")
+
+    def __init__(self, store: Any, after: Any, big: int, parts: Any) -> None:
+        self._store = store
+        self._after = after
+        self._big = big
+        self._parts = parts
+
+    def __call__(self, params: dict[str, Any]) -> Any:
+        kind = params.get("Type")
+        if kind is None or kind == "":
+            type_json = EMPTY_TYPE
+        elif not isinstance(kind, str):
+            raise _params_error('"Type" must be a string')
+        else:
+            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        tags = _string_map(params.get("Tags"), "Tags")
+        properties = params.get("Properties", False)
+        if properties is None:
+            properties = False
+        if not isinstance(properties, bool):
+            raise _params_error('"Properties" must be true or false')
+        store = self._store
+        barrier = store.read_barrier()
+        if barrier is not None:
+            return self._after(barrier, type_json, tags or None, properties)
+        descriptions = store.describe(tags or None, properties)
+        if len(descriptions) < self._big:
+            return b'{"Type":' + type_json + b',"Descriptions":' + descriptions + b"}"
+        return self._parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
 
 class LogicalDestroy:

@@ -84,7 +84,8 @@ class Plugin:
             "Instance.Provision": self.provision,
             "Instance.Label": self.label,
             "Instance.Destroy": self.destroy,
-            "Instance.DescribeInstances": self.describe,
+            # Whatever the provider: the checks and the state's answer in one call (the _rpc twin).
+            "Instance.DescribeInstances": rpc.Describe(store, self._describe_after, _BIG, Parts),
         }
         self._logical: Callable[..., Pending] | None = None
         if self.provider.logical:
@@ -249,22 +250,6 @@ class Plugin:
         except StoreError as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         return Pending(fut, _OK_EMPTY if type_json is _EMPTY_TYPE else _OK % type_json)
-
-    def describe(self, params: dict[str, Any]) -> Result:
-        type_json = self._type(params)
-        tags = _string_map(params.get("Tags"), "Tags")
-        properties = params.get("Properties", False)
-        if properties is None:
-            properties = False
-        if not isinstance(properties, bool):
-            raise _params_error('"Properties" must be true or false')
-        barrier = self.store.read_barrier()
-        if barrier is not None:
-            return self._describe_after(barrier, type_json, tags or None, properties)
-        descriptions = self.store.describe(tags or None, properties)
-        if len(descriptions) < _BIG:
-            return codec.describe_result(type_json, descriptions)
-        return Parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
     async def _describe_after(
         self, barrier: Awaitable[None], type_json: bytes, tags: dict[str, str] | None, properties: bool
