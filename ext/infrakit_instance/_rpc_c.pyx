@@ -1223,11 +1223,10 @@ cdef class Describe:
         return self._parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
 
-cdef class LogicalDestroy:
-    """Instance.Destroy with no provider to act (the logical provider): the params checked
-    (``Type``, a non-empty ``Instance`` ID, ``Context`` an object or absent), the instance
-    known, the change handed to the store; the answer (a ``rpc.Pending``) waits for the
-    store to make it durable.  ``unknown``: what the store raises for an ID it does not hold."""
+cdef class _InstanceChange:
+    """A change of one instance for the logical provider (no provider to act): the store's
+    destroy or label of a checked ID, answered once the store has made it durable.
+    ``unknown``: what the store raises for an ID it does not hold."""
 
     cdef object _store
     cdef object _store_error
@@ -1238,27 +1237,18 @@ cdef class LogicalDestroy:
         self._store_error = store_error
         self._unknown = unknown
 
-    def __call__(self, params):
-        return self.call(params)
-
-    cdef object call(self, object params):
-        cdef object instance_id = _change_target(params)
-        cdef object context = _get(params, "Context")
-        if context is not None and not isinstance(context, dict):
-            raise _params_error('"Context" must be an object')
-        return self.destroy(instance_id)
-
-    cdef object destroy(self, object instance_id):
-        """The checked ID's destroy (``_scan_destroy`` checks what ``call`` does)."""
-        cdef object store, done
+    cdef object _change(self, object instance_id, object labels):
+        """The store's destroy (``labels`` None) or label of ``instance_id``: a ``rpc.Pending``."""
+        cdef object store = self._store
+        cdef object done
         cdef PendingCore pending
-        store = self._store
         try:
             if store.state.get(instance_id) is None:
                 raise self._unknown(instance_id)
-            done = store.destroy(instance_id)
+            done = store.destroy(instance_id) if labels is None else store.label(instance_id, labels)
         except self._unknown:
-            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
+            verb = "destroy" if labels is None else "label"
+            raise RpcError(PLUGIN_ERROR, f"cannot {verb} instance {instance_id}: no such instance") from None
         except self._store_error as exc:
             raise RpcError(PLUGIN_ERROR, str(exc)) from None
         # rpc.Pending(done, answer), without its __init__ call
@@ -1268,42 +1258,35 @@ cdef class LogicalDestroy:
         return pending
 
 
-cdef class LogicalLabel:
-    """Instance.Label with no provider to act (the logical provider): the params checked
-    (``Type``, a non-empty ``Instance`` ID, ``Labels`` an object of strings or absent), the
-    instance known, the change handed to the store; the answer (a ``rpc.Pending``) waits for
-    the store to make it durable."""
-
-    cdef object _store
-    cdef object _store_error
-    cdef object _unknown
-
-    def __init__(self, store, store_error, unknown):
-        self._store = store
-        self._store_error = store_error
-        self._unknown = unknown
+cdef class LogicalDestroy(_InstanceChange):
+    """Instance.Destroy for the logical provider: the params checked (``Type``, a non-empty
+    ``Instance`` ID, ``Context`` an object or absent), then the store's destroy."""
 
     def __call__(self, params):
         return self.call(params)
 
     cdef object call(self, object params):
         cdef object instance_id = _change_target(params)
-        cdef object labels = _string_map(_get(params, "Labels"), "Labels")
-        cdef object store = self._store
-        cdef object done
-        cdef PendingCore pending
-        try:
-            if store.state.get(instance_id) is None:
-                raise self._unknown(instance_id)
-            done = store.label(instance_id, labels)
-        except self._unknown:
-            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
-        except self._store_error as exc:
-            raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        pending = PendingCore.__new__(_pending_type)
-        pending.done = done
-        pending.answer = _OK_ANSWER
-        return pending
+        cdef object context = _get(params, "Context")
+        if context is not None and not isinstance(context, dict):
+            raise _params_error('"Context" must be an object')
+        return self._change(instance_id, None)
+
+    cdef object destroy(self, object instance_id):
+        """The checked ID's destroy (``_scan_destroy`` checks what ``call`` does)."""
+        return self._change(instance_id, None)
+
+
+cdef class LogicalLabel(_InstanceChange):
+    """Instance.Label for the logical provider: the params checked (``Type``, a non-empty
+    ``Instance`` ID, ``Labels`` an object of strings or absent), then the store's label."""
+
+    def __call__(self, params):
+        return self.call(params)
+
+    cdef object call(self, object params):
+        cdef object instance_id = _change_target(params)
+        return self._change(instance_id, _string_map(_get(params, "Labels"), "Labels"))
 
 
 cdef object _change_target(object params):

@@ -588,11 +588,10 @@ class Describe:
         return self._parts((b'{"Type":' + type_json + b',"Descriptions":', descriptions, b"}"))
 
 
-class LogicalDestroy:
-    """Instance.Destroy with no provider to act (the logical provider): the params checked
-    (``Type``, a non-empty ``Instance`` ID, ``Context`` an object or absent), the instance
-    known, the change handed to the store; the answer (a ``rpc.Pending``) waits for the
-    store to make it durable.  ``unknown``: what the store raises for an ID it does not hold."""
+class _InstanceChange:
+    """A change of one instance for the logical provider (no provider to act): the store's
+    destroy or label of a checked ID, answered once the store has made it durable.
+    ``unknown``: what the store raises for an ID it does not hold."""
 
     __slots__ = ("_store", "_store_error", "_unknown")
 
@@ -600,50 +599,45 @@ class LogicalDestroy:
         self._store = store
         self._store_error = store_error
         self._unknown = unknown
+
+    def _change(self, instance_id: str, labels: dict[str, str] | None) -> Any:
+        """The store's destroy (``labels`` None) or label of ``instance_id``: a ``rpc.Pending``."""
+        store = self._store
+        try:
+            if store.state.get(instance_id) is None:
+                raise self._unknown(instance_id)
+            done = store.destroy(instance_id) if labels is None else store.label(instance_id, labels)
+        except self._unknown:
+            verb = "destroy" if labels is None else "label"
+            raise RpcError(PLUGIN_ERROR, f"cannot {verb} instance {instance_id}: no such instance") from None
+        except self._store_error as exc:
+            raise RpcError(PLUGIN_ERROR, str(exc)) from None
+        return _pending_type(done, _OK_ANSWER)
+
+
+class LogicalDestroy(_InstanceChange):
+    """Instance.Destroy for the logical provider: the params checked (``Type``, a non-empty
+    ``Instance`` ID, ``Context`` an object or absent), then the store's destroy."""
+
+    __slots__ = ()
 
     def __call__(self, params: dict[str, Any]) -> Any:
         instance_id = _change_target(params)
         context = params.get("Context")
         if context is not None and not isinstance(context, dict):
             raise _params_error('"Context" must be an object')
-        store = self._store
-        try:
-            if store.state.get(instance_id) is None:
-                raise self._unknown(instance_id)
-            done = store.destroy(instance_id)
-        except self._unknown:
-            raise RpcError(PLUGIN_ERROR, f"cannot destroy instance {instance_id}: no such instance") from None
-        except self._store_error as exc:
-            raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _pending_type(done, _OK_ANSWER)
+        return self._change(instance_id, None)
 
 
-class LogicalLabel:
-    """Instance.Label with no provider to act (the logical provider): the params checked
-    (``Type``, a non-empty ``Instance`` ID, ``Labels`` an object of strings or absent), the
-    instance known, the change handed to the store; the answer (a ``rpc.Pending``) waits for
-    the store to make it durable."""
+class LogicalLabel(_InstanceChange):
+    """Instance.Label for the logical provider: the params checked (``Type``, a non-empty
+    ``Instance`` ID, ``Labels`` an object of strings or absent), then the store's label."""
 
-    __slots__ = ("_store", "_store_error", "_unknown")
-
-    def __init__(self, store: Any, store_error: type[Exception], unknown: type[Exception]) -> None:
-        self._store = store
-        self._store_error = store_error
-        self._unknown = unknown
+    __slots__ = ()
 
     def __call__(self, params: dict[str, Any]) -> Any:
         instance_id = _change_target(params)
-        labels = _string_map(params.get("Labels"), "Labels")
-        store = self._store
-        try:
-            if store.state.get(instance_id) is None:
-                raise self._unknown(instance_id)
-            done = store.label(instance_id, labels)
-        except self._unknown:
-            raise RpcError(PLUGIN_ERROR, f"cannot label instance {instance_id}: no such instance") from None
-        except self._store_error as exc:
-            raise RpcError(PLUGIN_ERROR, str(exc)) from None
-        return _pending_type(done, _OK_ANSWER)
+        return self._change(instance_id, _string_map(params.get("Labels"), "Labels"))
 
 
 def _change_target(params: dict[str, Any]) -> Any:
