@@ -1046,16 +1046,20 @@ def provision_params(params):
     return _provision_params(params)
 
 
+cdef int _check_type(object params) except -1:
+    """The plugin's own ``Type`` (absent, null or ""); another is answered no-plugin."""
+    cdef object kind = _get(params, "Type")
+    if kind is None or (type(kind) is str and PyUnicode_GET_LENGTH(kind) == 0) or kind == "":
+        return 0
+    if not isinstance(kind, str):
+        raise _params_error('"Type" must be a string')
+    raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+
+
 cdef tuple _provision_params(object params):
     cdef object kind, spec, tags, logical_id, init, attachments, a
     cdef bint ok
-    kind = params.get("Type")
-    if kind is None or kind == "":
-        pass
-    elif not isinstance(kind, str):
-        raise _params_error('"Type" must be a string')
-    else:
-        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    _check_type(params)
     spec = params.get("Spec")
     if not isinstance(spec, dict):
         raise _params_error('"Spec" must be an object')
@@ -1195,14 +1199,8 @@ cdef class Describe:
         return self.call(params)
 
     cdef object call(self, object params):
-        cdef object kind = _get(params, "Type")
-        cdef bytes type_json
-        if kind is None or (type(kind) is str and PyUnicode_GET_LENGTH(kind) == 0) or kind == "":
-            type_json = _EMPTY_TYPE
-        elif not isinstance(kind, str):
-            raise _params_error('"Type" must be a string')
-        else:
-            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        _check_type(params)
+        cdef bytes type_json = _EMPTY_TYPE
         cdef object tags = _string_map(_get(params, "Tags"), "Tags")
         cdef object properties = (<dict>params).get("Properties", False) if type(params) is dict else params.get(
             "Properties", False
@@ -1291,11 +1289,7 @@ cdef class LogicalLabel(_InstanceChange):
 
 cdef object _change_target(object params):
     """The checked ``Instance`` of a Destroy's or Label's params (after their ``Type``)."""
-    cdef object kind = _get(params, "Type")
-    if kind is not None and (type(kind) is not str or PyUnicode_GET_LENGTH(kind) != 0) and kind != "":
-        if not isinstance(kind, str):
-            raise _params_error('"Type" must be a string')
-        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    _check_type(params)
     cdef object instance_id = _get(params, "Instance")
     if not isinstance(instance_id, str) or not instance_id:
         raise _params_error('"Instance" must be a non-empty instance ID string')

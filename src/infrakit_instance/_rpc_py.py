@@ -486,16 +486,21 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
     return value
 
 
+def _check_type(params: dict[str, Any]) -> None:
+    """The plugin's own ``Type`` (absent, null or ""); another is answered no-plugin."""
+    kind = params.get("Type")
+    if kind is None or kind == "":
+        return
+    if not isinstance(kind, str):
+        raise _params_error('"Type" must be a string')
+    raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+
+
 def provision_params(params: dict[str, Any]) -> tuple[bytes, dict[str, Any], dict[str, str], str | None]:
     """The checked params of an Instance.Provision: ``(type_json, spec, tags, logical_id)``,
     or the ``RpcError`` the plugin answers (its checks in its order)."""
-    kind = params.get("Type")
-    if kind is None or kind == "":
-        type_json = EMPTY_TYPE
-    elif not isinstance(kind, str):
-        raise _params_error('"Type" must be a string')
-    else:
-        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    _check_type(params)
+    type_json = EMPTY_TYPE
     spec = params.get("Spec")
     if not isinstance(spec, dict):
         raise _params_error('"Spec" must be an object')
@@ -565,13 +570,8 @@ class Describe:
         self._parts = parts
 
     def __call__(self, params: dict[str, Any]) -> Any:
-        kind = params.get("Type")
-        if kind is None or kind == "":
-            type_json = EMPTY_TYPE
-        elif not isinstance(kind, str):
-            raise _params_error('"Type" must be a string')
-        else:
-            raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+        _check_type(params)
+        type_json = EMPTY_TYPE
         tags = _string_map(params.get("Tags"), "Tags")
         properties = params.get("Properties", False)
         if properties is None:
@@ -642,11 +642,7 @@ class LogicalLabel(_InstanceChange):
 
 def _change_target(params: dict[str, Any]) -> Any:
     """The checked ``Instance`` of a Destroy's or Label's params (after their ``Type``)."""
-    kind = params.get("Type")
-    if kind is not None and kind != "":
-        if not isinstance(kind, str):
-            raise _params_error('"Type" must be a string')
-        raise RpcError(PLUGIN_ERROR, f"no-plugin:{kind}")
+    _check_type(params)
     instance_id = params.get("Instance")
     if not isinstance(instance_id, str) or not instance_id:
         raise _params_error('"Instance" must be a non-empty instance ID string')
