@@ -1524,6 +1524,25 @@ cdef bint _s_envelope(
     return seen == 15
 
 
+cdef bint _s_request(
+    const unsigned char* p, Py_ssize_t n, _Capture* top, const char* method, Py_ssize_t method_len, Py_ssize_t* id_span
+) noexcept:
+    """``p`` is one compact JSON object (whitespace after it only), scanned into ``top``, whose
+    envelope is that of a ``method`` request (see _s_envelope)."""
+    cdef Py_ssize_t e
+    if n < 2 or p[0] != 123:
+        return False
+    e = _s_object(p, n, 0, 0, top)
+    if e < 0 or _q_ws(p, n, e) != n:
+        return False
+    return _s_envelope(p, n, top.spans, method, method_len, id_span)
+
+
+cdef inline bint _s_no_type(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """The value at ``p[a:b]`` is ``""`` or ``null``: the plugin's own Type."""
+    return (b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)
+
+
 cdef tuple _scan_destroy(bytes body):
     """A compact Instance.Destroy request in the form orjson writes, read without building its
     objects: ``(id_json, instance_id)``; None for anything else (the dispatcher then reads it
@@ -1534,17 +1553,12 @@ cdef tuple _scan_destroy(bytes body):
     cdef Py_ssize_t top[4 * _S_KEYS]
     cdef Py_ssize_t params[4 * _S_KEYS]
     cdef Py_ssize_t id_span[2]
-    cdef Py_ssize_t j, a, b, e, xs = -1, xe = -1
+    cdef Py_ssize_t j, a, b, xs = -1, xe = -1
     cdef _Capture c_top, c_params
     c_params.spans, c_params.child = params, NULL
     c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
     top[0] = params[0] = -1
-    if n < 2 or p[0] != 123:
-        return None
-    e = _s_object(p, n, 0, 0, &c_top)
-    if e < 0 or _q_ws(p, n, e) != n:
-        return None
-    if not _s_envelope(p, n, top, b'"Instance.Destroy"', 18, id_span):
+    if not _s_request(p, n, &c_top, b'"Instance.Destroy"', 18, id_span):
         return None
     for j in range(_S_KEYS):
         a = params[4 * j]
@@ -1552,7 +1566,7 @@ cdef tuple _scan_destroy(bytes body):
             break
         a, b = params[4 * j + 2], params[4 * j + 3]
         if _s_is(p, params, j, b"Type", 4):
-            if not ((b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)):
+            if not _s_no_type(p, a, b):
                 return None  # a Type named: answered the usual way
         elif _s_is(p, params, j, b"Instance", 8):
             if p[a] != 34 or b - a < 3 or memchr(p + a, 92, <size_t>(b - a)) != NULL:
@@ -1593,12 +1607,7 @@ cdef tuple _scan_provision(bytes body):
     c_params.spans, c_params.child_key, c_params.child_len, c_params.child = params, b"Spec", 4, &c_spec
     c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
     top[0] = params[0] = spec[0] = tagm[0] = -1
-    if n < 2 or p[0] != 123:
-        return None
-    e = _s_object(p, n, 0, 0, &c_top)
-    if e < 0 or _q_ws(p, n, e) != n:
-        return None
-    if not _s_envelope(p, n, top, b'"Instance.Provision"', 20, id_span):
+    if not _s_request(p, n, &c_top, b'"Instance.Provision"', 20, id_span):
         return None
     ids, ide = id_span[0], id_span[1]
     for j in range(_S_KEYS):
@@ -1607,7 +1616,7 @@ cdef tuple _scan_provision(bytes body):
             break
         a, b = params[4 * j + 2], params[4 * j + 3]
         if _s_is(p, params, j, b"Type", 4):
-            if not ((b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)):
+            if not _s_no_type(p, a, b):
                 return None  # a Type named: answered the usual way
         elif _s_is(p, params, j, b"Spec", 4):
             if p[a] != 123:
