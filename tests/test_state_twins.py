@@ -24,7 +24,14 @@ pytestmark = pytest.mark.compiled
 _state_c = impls.compiled_modules()[impls.MODULES.index("_state")]
 TWINS = (_state_c, _state_py)
 
-TAGS = st.dictionaries(st.sampled_from(["group", "role", "zone"]), st.sampled_from(["a", "b", "c"]), max_size=3)
+# Plain tags, as InfraKit sets them, and tags whose text in a brief has escapes, non-ASCII
+# bytes or brief-like punctuation; twelve names in all, so that the index sometimes has more
+# than the eight names the compiled twin matches by their bytes before it hashes one.
+_NAMES = ["group", "role", "zone", "infrakit.group", "", "ü", 'q"', "b\\s", ',"Tags":{', "}", "n:1", "x\n"]
+TAGS = st.one_of(
+    st.dictionaries(st.sampled_from(["group", "role", "zone"]), st.sampled_from(["a", "b", "c"]), max_size=3),
+    st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(["a", "", "é", '"', "\\", '"}', ",", "a b"]), max_size=4),
+)
 
 OPS = st.lists(
     st.one_of(
@@ -52,6 +59,16 @@ def _buckets(state: Any) -> list[Any]:
 
 def _pairs(state: Any) -> list[Any]:
     return sorted(pair for pair, _ in _buckets(state))
+
+
+def _index_is_the_briefs(state: Any) -> None:
+    """The tag index holds every active instance under each of its tags, as its brief
+    says, and nothing else."""
+    want: dict[tuple[str, str], set[str]] = {}
+    for rec in state.instances.values():
+        for pair in orjson.loads(rec.brief)["Tags"].items():
+            want.setdefault(pair, set()).add(rec.id)
+    assert {pair: set(bucket) for pair, bucket in _buckets(state)} == want
 
 
 def _snapshot(state: Any) -> Any:
@@ -108,6 +125,7 @@ def _run(twin: Any, ops: list[tuple[str, Any, Any]]) -> list[Any]:
                 state.remove(f"nope-{arg}")
         except KeyError as exc:
             seen.append(("KeyError", exc.args))
+        _index_is_the_briefs(state)
         seen.append(_snapshot(state))
     return seen
 
@@ -124,6 +142,10 @@ def test_records_behave_alike() -> None:
         rec = twin.Record("i-1", brief, b'{"x":1}')
         assert (rec.id, rec.brief, rec.spec, rec.pos, rec.off, rec.size) == ("i-1", brief, b'{"x":1}', 0, -1, 0)
         assert rec.tags == {"a": "b"}
+        for lid in (None, "lid", 'l"d', "é"):
+            for tags in ({}, {"a": "b", "c": ""}, {'k"': "v\\", "ü": "ñ"}, {',"Tags":{': "}"}):
+                other = _codec_py.encode_brief('i"1', lid, tags)
+                assert list(twin.Record("i", other, None).tags.items()) == list(tags.items())
         assert rec.description() == {"ID": "i-1", "LogicalID": "lid", "Tags": {"a": "b"}, "Properties": {"x": 1}}
         made, tags = twin.Record.from_description(rec.description(), "Instances[0]")
         assert (made.id, made.brief, made.spec, tags) == ("i-1", brief, b'{"x":1}', {"a": "b"})

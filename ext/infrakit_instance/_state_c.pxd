@@ -36,6 +36,8 @@ cdef class State:
     cpdef remove(self, object instance_id)
     cpdef _index_add(self, Record rec, dict tags, bint at_end)
     cpdef _index_remove(self, Record rec)
+    cdef void _index_drop(self, Record rec, dict tags) except *
+    cdef bint _index_drop_brief(self, Record rec) except -1
 
 
 cdef Record make_record(str instance_id, bytes brief, object spec)

@@ -10,7 +10,10 @@ cimport cython
 import orjson
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memchr
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memchr, memcmp
 
 from infrakit_instance import _codec_c as codec
 from infrakit_instance._state_py import StateError
@@ -23,6 +26,83 @@ cdef object _element = codec.element
 cdef object _parse_element = codec.parse_element
 cdef object _join_descriptions = codec.join_descriptions
 cdef object _loads = orjson.loads
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object)
+    bint PyUnicode_IS_ASCII(object)
+    const void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+
+
+cdef inline Py_ssize_t _str_end(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """``p[i]`` opens a JSON string without escapes: the index of its closing quote; else -1."""
+    cdef const char* q
+    if i >= n or p[i] != 34:
+        return -1
+    q = <const char*>memchr(p + i + 1, 34, <size_t>(n - i - 1))
+    if q == NULL:
+        return -1
+    return q - p
+
+
+cdef tuple _brief_parts(bytes brief):
+    """``(LogicalID, Tags)`` of a brief description, as ``orjson.loads`` gives them.
+
+    A brief is always ``{"ID":…,"LogicalID":…,"Tags":{…}}`` (``encode_brief`` writes it, or
+    orjson in that key order), so one without escapes is read here, without a parse of the
+    whole and its ID; anything else (an escape, any surprise) goes to orjson."""
+    cdef const char* p = PyBytes_AS_STRING(brief)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(brief)
+    cdef Py_ssize_t i, j, k
+    cdef object lid, key
+    cdef dict tags
+    if n < 37 or memcmp(p, b'{"ID":', 6) != 0 or memchr(p, 92, <size_t>n) != NULL:
+        return _slow_parts(brief)
+    i = _str_end(p, 6, n)
+    if i < 0 or n - i < 14 or memcmp(p + i + 1, b',"LogicalID":', 13) != 0:
+        return _slow_parts(brief)
+    i += 14
+    if n - i >= 4 and memcmp(p + i, b"null", 4) == 0:
+        lid = None
+        i += 4
+    else:
+        j = _str_end(p, i, n)
+        if j < 0:
+            return _slow_parts(brief)
+        lid = PyUnicode_DecodeUTF8(p + i + 1, j - i - 1, NULL)
+        i = j + 1
+    if n - i < 11 or memcmp(p + i, b',"Tags":{', 9) != 0:
+        return _slow_parts(brief)
+    i += 9
+    tags = {}
+    if p[i] == 125:  # {}
+        i += 1
+    else:
+        while True:
+            j = _str_end(p, i, n)
+            if j < 0 or j + 1 >= n or p[j + 1] != 58:  # :
+                return _slow_parts(brief)
+            k = _str_end(p, j + 2, n)
+            if k < 0 or k + 1 >= n:
+                return _slow_parts(brief)
+            key = PyUnicode_DecodeUTF8(p + i + 1, j - i - 1, NULL)
+            tags[key] = PyUnicode_DecodeUTF8(p + j + 3, k - j - 3, NULL)
+            i = k + 1
+            if p[i] == 125:
+                i += 1
+                break
+            if p[i] != 44:  # ,
+                return _slow_parts(brief)
+            i += 1
+    if i != n - 1 or p[i] != 125:
+        return _slow_parts(brief)
+    return lid, tags
+
+
+cdef tuple _slow_parts(bytes brief):
+    desc = _loads(brief)
+    return desc["LogicalID"], desc["Tags"]
 
 
 #: Bytes of Describe answers kept for reuse until the state changes (LRU; --describe-cache).
@@ -65,7 +145,7 @@ cdef class Record:
 
     @property
     def tags(self):
-        return _loads(self.brief)["Tags"]
+        return _brief_parts(self.brief)[1]
 
     def element(self):
         return _element(self.brief, self.spec)
@@ -255,11 +335,12 @@ cdef class State:
     def relabel(self, Record rec, labels):
         """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
         cdef Record new
-        desc = _loads(rec.brief)
-        tags = {**desc["Tags"], **labels}
-        new = Record(rec.id, _encode_brief(rec.id, desc["LogicalID"], tags), rec.spec)
+        cdef dict old
+        lid, old = _brief_parts(rec.brief)
+        tags = {**old, **labels}
+        new = Record(rec.id, _encode_brief(rec.id, lid, tags), rec.spec)
         new.pos, new.off, new.size = rec.pos, rec.off, rec.size
-        self._index_remove(rec)
+        self._index_drop(rec, old)
         self.instances[rec.id] = new
         self._index_add(new, tags, False)
         self._cache.clear()
@@ -302,9 +383,83 @@ cdef class State:
                     self._unsorted.add((key, value))
 
     cpdef _index_remove(self, Record rec):
+        if not self._index_drop_brief(rec):
+            self._index_drop(rec, <dict>_brief_parts(rec.brief)[1])
+
+    cdef bint _index_drop_brief(self, Record rec) except -1:
+        """Take ``rec`` out of the tag index by the tags read from its brief (as
+        :func:`_brief_parts` reads them, without making their dict, and finding each tag's
+        name among the index's few names by its bytes); False if the brief is not of that
+        plain form, perhaps after some of its tags were taken out (taking a tag out twice
+        does nothing, so the caller then takes them all out the slow way)."""
+        cdef bytes brief = rec.brief
+        cdef const char* p = PyBytes_AS_STRING(brief)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(brief)
+        cdef Py_ssize_t i, j, k, pos
         cdef dict index = self._index
         cdef dict by_value, bucket
-        for key, value in rec.tags.items():
+        cdef PyObject* name
+        cdef PyObject* values
+        cdef object key, value
+        if n < 37 or memcmp(p, b'{"ID":', 6) != 0 or memchr(p, 92, <size_t>n) != NULL:
+            return False
+        i = _str_end(p, 6, n)
+        if i < 0 or n - i < 14 or memcmp(p + i + 1, b',"LogicalID":', 13) != 0:
+            return False
+        i += 14
+        if n - i >= 4 and memcmp(p + i, b"null", 4) == 0:
+            i += 4
+        else:
+            i = _str_end(p, i, n)
+            if i < 0:
+                return False
+            i += 1
+        if n - i < 11 or memcmp(p + i, b',"Tags":{', 9) != 0:
+            return False
+        i += 9
+        if p[i] == 125:
+            return i == n - 2 and p[n - 1] == 125
+        while True:
+            j = _str_end(p, i, n)
+            if j < 0 or j + 1 >= n or p[j + 1] != 58:
+                return False
+            k = _str_end(p, j + 2, n)
+            if k < 0 or k + 1 >= n:
+                return False
+            by_value = None
+            if PyDict_GET_SIZE(index) <= 8:
+                # The tag's name among the index's names by its bytes (no str made, no hash)
+                pos = 0
+                while PyDict_Next(index, &pos, &name, &values):
+                    if (PyUnicode_IS_ASCII(<object>name) and PyUnicode_GET_LENGTH(<object>name) == j - i - 1
+                            and memcmp(PyUnicode_DATA(<object>name), p + i + 1, <size_t>(j - i - 1)) == 0):
+                        key = <object>name
+                        by_value = <dict>values
+                        break
+            if by_value is None:  # a big index, a name not in it, or one not ASCII: looked up
+                key = PyUnicode_DecodeUTF8(p + i + 1, j - i - 1, NULL)
+                by_value = index.get(key)
+            if by_value is not None:
+                value = PyUnicode_DecodeUTF8(p + j + 3, k - j - 3, NULL)
+                bucket = by_value.get(value)
+                if bucket is not None:
+                    bucket.pop(rec.id, None)
+                    if not bucket:
+                        del by_value[value]
+                        if not by_value:
+                            del index[key]
+                        self._unsorted.discard((key, value))
+            i = k + 1
+            if p[i] == 125:
+                return i == n - 2 and p[n - 1] == 125
+            if p[i] != 44:
+                return False
+            i += 1
+
+    cdef void _index_drop(self, Record rec, dict tags) except *:
+        cdef dict index = self._index
+        cdef dict by_value, bucket
+        for key, value in tags.items():
             by_value = index.get(key)
             if by_value is None:
                 continue
