@@ -89,7 +89,10 @@ def _snapshot(state: Any) -> Any:
 
 
 def _run(twin: Any, ops: list[tuple[str, Any, Any]]) -> list[Any]:
-    state = twin.State()
+    return _run_into(twin, twin.State(), ops)
+
+
+def _run_into(twin: Any, state: Any, ops: list[tuple[str, Any, Any]]) -> list[Any]:
     seen: list[Any] = []
     made = 0
     for kind, arg, flag in ops:
@@ -226,3 +229,29 @@ def test_element_lines_are_read_alike(mutate: Any, readable: bool) -> None:
         assert [r[0] for r in results[0][1][0]] == [f"i-{i}" for i in range(5)]
     else:
         assert results[0][0] == -1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.integers(0, 40))
+def test_a_placed_document_is_the_document_closed_and_places_every_element(ops: list[Any], slack: int) -> None:
+    """``placed_document`` (what a rewrite writes) is ``document(slack)`` with its closing
+    bytes replaced, the same in both twins, and each record's ``off``/``size`` then name
+    its element and its slack in it."""
+
+    def close(n: int) -> bytes:
+        return b"<%d>" % n
+
+    made = []
+    for twin in TWINS:
+        state = twin.State()
+        state.provider = b'{"p":1}'
+        _run_into(twin, state, ops)
+        doc, offsets = state.document(slack)
+        placed = state.placed_document(slack, close)
+        body = len(doc) - len(_codec_py.TAIL)
+        assert placed == doc[:body] + close(body)
+        for rec, off in zip(state.instances.values(), offsets, strict=True):
+            assert (rec.off, rec.size) == (off, len(rec.element()) + slack)
+            assert placed[rec.off : rec.off + rec.size] == rec.element() + b" " * slack
+        made.append((placed, [(r.off, r.size) for r in state.instances.values()]))
+    assert made[0] == made[1]

@@ -9,13 +9,14 @@ cimport cython
 
 import orjson
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from infrakit_instance import _codec_c as codec
+from infrakit_instance import _state_py
 from infrakit_instance._state_py import StateError
 
 __all__ = ["Record", "State", "StateError", "read_elements", "set_cache_bytes"]
@@ -98,6 +99,14 @@ cdef tuple _brief_parts(bytes brief):
     if i != n - 1 or p[i] != 125:
         return _slow_parts(brief)
     return lid, tags
+
+
+cdef inline Py_ssize_t _placed_len(Record r) noexcept:
+    """The length of ``r.element()`` (a ``spec`` of bytes, or None)."""
+    cdef Py_ssize_t nb = PyBytes_GET_SIZE(r.brief)
+    if r.spec is None:
+        return nb
+    return (nb - 1 if nb else 0) + 15 + PyBytes_GET_SIZE(<bytes>r.spec)
 
 
 cdef tuple _slow_parts(bytes brief):
@@ -263,6 +272,56 @@ cdef class State:
             if slack
             else [r.element() for r in self.instances.values()],
         )
+
+    def placed_document(self, Py_ssize_t slack, close):
+        """The full state file as a rewrite writes it, every active instance placed in it
+        (see the pure twin): the records' sizes summed first, then the bytes written once
+        into the document, without an element made for any of them."""
+        cdef bytes head = codec.encode_document(self.provider, [r.element() for r in self.nonfunctional.values()], [])[0]
+        cdef Py_ssize_t start = PyBytes_GET_SIZE(head) - PyBytes_GET_SIZE(codec.TAIL)
+        cdef Py_ssize_t pos = start, nb, ns
+        cdef Record r
+        cdef bytes tail, out
+        cdef char* w
+        cdef bint first = True
+        for r in self.instances.values():
+            if r.spec is not None and type(r.spec) is not bytes:
+                return _state_py.State.placed_document(self, slack, close)
+            pos += (1 if first else 2) + _placed_len(r) + slack
+            first = False
+        tail = close(pos)
+        out = PyBytes_FromStringAndSize(NULL, pos + PyBytes_GET_SIZE(tail))
+        w = PyBytes_AS_STRING(out)
+        memcpy(w, PyBytes_AS_STRING(head), start)
+        pos = start
+        first = True
+        for r in self.instances.values():
+            if first:
+                w[pos] = 10
+                pos += 1
+                first = False
+            else:
+                w[pos] = 44
+                w[pos + 1] = 10
+                pos += 2
+            r.off = pos
+            nb = PyBytes_GET_SIZE(r.brief)
+            if r.spec is None:
+                memcpy(w + pos, PyBytes_AS_STRING(r.brief), nb)
+                pos += nb
+            else:
+                nb = nb - 1 if nb else 0
+                ns = PyBytes_GET_SIZE(<bytes>r.spec)
+                memcpy(w + pos, PyBytes_AS_STRING(r.brief), nb)
+                memcpy(w + pos + nb, b',"Properties":', 14)
+                memcpy(w + pos + nb + 14, PyBytes_AS_STRING(<bytes>r.spec), ns)
+                w[pos + nb + 14 + ns] = 125
+                pos += nb + 15 + ns
+            memset(w + pos, 32, slack)
+            pos += slack
+            r.size = pos - r.off
+        memcpy(w + pos, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))
+        return out
 
     # -- reading ---------------------------------------------------------------
 

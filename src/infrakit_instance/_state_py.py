@@ -174,6 +174,28 @@ class State:
             else [r.element() for r in self.instances.values()],
         )
 
+    def placed_document(self, slack: int, close: Callable[[int], bytes]) -> bytes:
+        """The full state file as a rewrite writes it, every active instance placed in it.
+
+        The document of :meth:`document` up to the end of its last element, each active
+        element followed by ``slack`` spaces and its record's ``off`` and ``size`` set to
+        where it now stands, then ``close(n)`` (the closing bytes, for the ``n`` bytes
+        before them) instead of :data:`~._codec_py.TAIL`; the bytes made once."""
+        head = codec.encode_document(self.provider, [r.element() for r in self.nonfunctional.values()], [])[0]
+        pos = len(head) - len(codec.TAIL)
+        parts = [head[:pos]]
+        pad = b" " * slack
+        sep = b"\n"
+        for r in self.instances.values():
+            elem = r.element() + pad
+            pos += len(sep)
+            r.off, r.size = pos, len(elem)
+            parts += (sep, elem)
+            pos += len(elem)
+            sep = b",\n"
+        parts.append(close(pos))
+        return b"".join(parts)
+
     # -- reading ---------------------------------------------------------------
 
     def placed_size(self, extra: int) -> int:

@@ -725,10 +725,14 @@ class FileStore(batch.Core, Store):
 
     def _plan_rewrite(self) -> bytes:
         """The whole document as memory holds it now, with every element placed in it."""
-        doc, offsets = self._state.document(_SLACK)
-        for rec, off in zip(self._state.instances.values(), offsets, strict=True):
-            rec.off, rec.size = off, len(rec.element()) + _SLACK
-        doc = _closed(doc)
+        ends: list[int] = []
+
+        def close(body: int) -> bytes:  # as _closed closes a document, then the padding
+            pad = _trailer_pad(body)
+            ends.append(body + pad + _TRAILER + len(_TAIL))
+            return b" " * pad + NO_CHECK + _TAIL + b" " * _padding(ends[0])
+
+        doc = self._state.placed_document(_SLACK, close)
         self._tip = self._append_from = -1
         self._checked = False
         self._writes, self._run, self._run_end = [], [], -1
@@ -736,9 +740,7 @@ class FileStore(batch.Core, Store):
         self._relayout_at = -1
         self._grown.clear()
         self._rewrite = False
-        self._end = len(doc)
-        self._live = len(doc)
-        doc += b" " * _padding(len(doc))
+        self._end = self._live = ends[0]
         self._size = len(doc)
         return doc
 
