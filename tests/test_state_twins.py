@@ -62,13 +62,14 @@ def _pairs(state: Any) -> list[Any]:
 
 
 def _index_is_the_briefs(state: Any) -> None:
-    """The tag index holds every active instance under each of its tags, as its brief
-    says, and nothing else."""
+    """The tag index holds every active instance (its current record) under each of its
+    tags, as its brief says, and nothing else."""
     want: dict[tuple[str, str], set[str]] = {}
     for rec in state.instances.values():
         for pair in orjson.loads(rec.brief)["Tags"].items():
             want.setdefault(pair, set()).add(rec.id)
     assert {pair: set(bucket) for pair, bucket in _buckets(state)} == want
+    assert all(r is state.instances[i] for _, bucket in _buckets(state) for i, r in bucket.items())
 
 
 def _snapshot(state: Any) -> Any:

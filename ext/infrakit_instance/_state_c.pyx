@@ -395,12 +395,22 @@ cdef class State:
         """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
         cdef Record new
         cdef dict old
+        cdef dict tags, index = self._index
+        cdef list kept = []
         lid, old = _brief_parts(rec.brief)
         tags = {**old, **labels}
-        new = Record(rec.id, _encode_brief(rec.id, lid, tags), rec.spec)
+        new = make_record(rec.id, _encode_brief(rec.id, lid, tags), rec.spec)
         new.pos, new.off, new.size = rec.pos, rec.off, rec.size
-        self._index_drop(rec, old)
         self.instances[rec.id] = new
+        # As the pure twin: a tag kept as it was keeps the record's place in its bucket.
+        for key, value in old.items():
+            if tags[key] == value:
+                (<dict>(<dict>index[key])[value])[rec.id] = new
+                kept.append(key)
+            else:
+                self._unindex(rec, key, value)
+        for key in kept:
+            del tags[key]
         self._index_add(new, tags, False)
         self._cache.clear()
         return new
@@ -516,20 +526,23 @@ cdef class State:
             i += 1
 
     cdef void _index_drop(self, Record rec, dict tags) except *:
-        cdef dict index = self._index
-        cdef dict by_value, bucket
         for key, value in tags.items():
-            by_value = index.get(key)
-            if by_value is None:
-                continue
-            bucket = by_value.get(value)
-            if bucket is not None:
-                bucket.pop(rec.id, None)
-                if not bucket:
-                    del by_value[value]
-                    if not by_value:
-                        del index[key]
-                    self._unsorted.discard((key, value))
+            self._unindex(rec, key, value)
+
+    cdef void _unindex(self, Record rec, object key, object value) except *:
+        """Take ``rec`` out of the bucket of one of its tags (dropping the bucket if it empties)."""
+        cdef dict by_value, bucket
+        by_value = self._index.get(key)
+        if by_value is None:
+            return
+        bucket = by_value.get(value)
+        if bucket is not None:
+            bucket.pop(rec.id, None)
+            if not bucket:
+                del by_value[value]
+                if not by_value:
+                    del self._index[key]
+                self._unsorted.discard((key, value))
 
 
 def _first_item(b):

@@ -263,12 +263,20 @@ class State:
     def relabel(self, rec: Record, labels: dict[str, str]) -> Record:
         """Add or overwrite tags of an active instance; the returned record replaces ``rec``."""
         desc = orjson.loads(rec.brief)
-        tags = {**desc["Tags"], **labels}
+        old = desc["Tags"]
+        tags = {**old, **labels}
         new = Record(rec.id, codec.encode_brief(rec.id, desc["LogicalID"], tags), rec.spec)
         new.pos, new.off, new.size = rec.pos, rec.off, rec.size
-        self._index_remove(rec)
         self.instances[rec.id] = new
-        self._index_add(new, tags, at_end=False)
+        # A tag the labels keep as it was: the new record takes the old one's place in its
+        # bucket (which stays in array order); the others leave their buckets or join new ones.
+        index = self._index
+        for key, value in old.items():
+            if tags[key] == value:
+                index[key][value][rec.id] = new
+            else:
+                self._unindex(rec, key, value)
+        self._index_add(new, {k: v for k, v in tags.items() if old.get(k) != v}, at_end=False)
         self._cache.clear()
         return new
 
@@ -308,17 +316,21 @@ class State:
                     self._unsorted.add((key, value))
 
     def _index_remove(self, rec: Record) -> None:
-        index = self._index
         for key, value in rec.tags.items():
-            by_value = index.get(key)
-            bucket = by_value.get(value) if by_value is not None else None
-            if bucket is not None:
-                bucket.pop(rec.id, None)
-                if not bucket:
-                    del by_value[value]  # type: ignore[union-attr]
-                    if not by_value:
-                        del index[key]
-                    self._unsorted.discard((key, value))
+            self._unindex(rec, key, value)
+
+    def _unindex(self, rec: Record, key: str, value: str) -> None:
+        """Take ``rec`` out of the bucket of one of its tags (dropping the bucket if it empties)."""
+        index = self._index
+        by_value = index.get(key)
+        bucket = by_value.get(value) if by_value is not None else None
+        if bucket is not None:
+            bucket.pop(rec.id, None)
+            if not bucket:
+                del by_value[value]  # type: ignore[union-attr]
+                if not by_value:
+                    del index[key]
+                self._unsorted.discard((key, value))
 
 
 def read_elements(
