@@ -316,8 +316,17 @@ class State:
                     self._unsorted.add((key, value))
 
     def _index_remove(self, rec: Record) -> None:
-        for key, value in rec.tags.items():
-            self._unindex(rec, key, value)
+        index = self._index
+        for key, value in rec.tags.items():  # _unindex inline: a call per tag costs a destroy more
+            by_value = index.get(key)
+            bucket = by_value.get(value) if by_value is not None else None
+            if bucket is not None:
+                bucket.pop(rec.id, None)
+                if not bucket:
+                    del by_value[value]  # type: ignore[union-attr]
+                    if not by_value:
+                        del index[key]
+                    self._unsorted.discard((key, value))
 
     def _unindex(self, rec: Record, key: str, value: str) -> None:
         """Take ``rec`` out of the bucket of one of its tags (dropping the bucket if it empties)."""
