@@ -107,6 +107,7 @@ def test_the_journal_joins_a_batchs_writes_in_their_order_chunk_by_chunk(tmp_pat
             joined = journal.log(fd, 1, 2, len(data), new_size, [Region(o, d) for o, d in writes])
             record = read_records(os.pread(jfd, journal.pos, 0))[-1]
             assert journal.pos > at and record.regions == [(r.offset, r.data) for r in joined]
+            assert record.encode() == os.pread(jfd, journal.pos - at, at)  # the bytes log wrote
             # Each chunk at most once, every written byte covered, nothing else changed.
             chunks = [c for r in joined for c in range(r.offset // CHUNK, (r.offset + len(r.data) - 1) // CHUNK + 1)]
             assert len(chunks) == len(set(chunks))

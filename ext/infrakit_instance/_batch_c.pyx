@@ -118,15 +118,27 @@ def span_image(bytes old, list placed, Py_ssize_t first, Py_ssize_t count, Py_ss
     if stop > new_size - base:
         stop = new_size - base
     joined = (base + start, PyBytes_FromStringAndSize(w + start, stop - start)) if stop > start else None
-    cdef list crcs = []
+    # The chunk table's rows (<QII: index, crc before, crc after), written in place.
+    cdef bytes table = PyBytes_FromStringAndSize(NULL, count * 16)
+    cdef unsigned char* t = <unsigned char*>PyBytes_AS_STRING(table)
     cdef Py_ssize_t k
     for k in range(count):
-        crcs.append((first + k, _chunk_crc(PyBytes_AS_STRING(old), n_old, k * chunk, chunk),
-                     _chunk_crc(w, cut, k * chunk, chunk)))
-    return joined, crcs
+        _le(t, <unsigned long long>(first + k), 8)
+        _le(t + 8, <unsigned long long>_chunk_crc(PyBytes_AS_STRING(old), n_old, k * chunk, chunk), 4)
+        _le(t + 12, <unsigned long long>_chunk_crc(w, cut, k * chunk, chunk), 4)
+        t += 16
+    return joined, table
 
 
-cdef object _chunk_crc(const char* p, Py_ssize_t size, Py_ssize_t at, Py_ssize_t chunk):
+cdef inline void _le(unsigned char* p, unsigned long long v, int n) noexcept:
+    """``v`` in ``n`` little-endian bytes."""
+    cdef int i
+    for i in range(n):
+        p[i] = <unsigned char>(v & 0xFF)
+        v >>= 8
+
+
+cdef unsigned long _chunk_crc(const char* p, Py_ssize_t size, Py_ssize_t at, Py_ssize_t chunk) except? 0:
     """crc32 of the chunk at ``at`` of an image of ``size`` bytes, zero-padded to a whole chunk."""
     cdef Py_ssize_t piece
     if at + chunk <= size:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -69,18 +70,20 @@ def trailer(length: int, crc: int) -> bytes:
 
 
 _BITS = bytes.maketrans(b"01", b" \t")
+_CHUNK_ROW = struct.Struct("<QII")  # a journal record's chunk table row: index, crc before, crc after
 
 
 def span_image(
     old: bytes, placed: list[Any], first: int, count: int, base: int, new_size: int, chunk: int
-) -> tuple[tuple[int, bytes] | None, list[tuple[int, int, int]]]:
+) -> tuple[tuple[int, bytes] | None, bytes]:
     """A journal span's new bytes: ``old`` is what the file holds from ``base`` (chunk ``first``
     of ``count``, each of ``chunk`` bytes), ``placed`` the batch's writes into the span in the
     batch's order (a later one wins where they overlap), and the file ends at ``new_size``.
     Returns the one write that makes them (``(offset, bytes)`` from the first byte written to
     the last, the bytes between as the file holds them; None if nothing is left below
-    ``new_size``) and each chunk's ``(index, crc32 before, crc32 after)``, a chunk the file
-    does not fill counted as if zero-padded."""
+    ``new_size``) and the span's rows of the journal record's chunk table: for each chunk its
+    index, crc32 before and crc32 after (``<QII``, little-endian), a chunk the file does not
+    fill counted as if zero-padded."""
     new = bytearray(old)
     start, stop = count * chunk, 0  # what the writes cover, from base
     for r in placed:
@@ -98,7 +101,8 @@ def span_image(
     joined = (base + start, bytes(new[start:stop])) if stop > start else None
     before = _chunk_crcs(old, count, chunk)
     after = _chunk_crcs(new, count, chunk)
-    return joined, list(zip(range(first, first + count), before, after, strict=True))
+    row = _CHUNK_ROW.pack
+    return joined, b"".join([row(first + k, b, a) for k, (b, a) in enumerate(zip(before, after, strict=True))])
 
 
 def _chunk_crcs(image: bytes | bytearray, count: int, chunk: int) -> list[int]:

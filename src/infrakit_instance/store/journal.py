@@ -89,25 +89,36 @@ class JournalRecord:
     chunks: list[tuple[int, int, int]]  # chunk index, crc of its bytes before, after
 
     def encode(self) -> bytes:
-        parts: list[bytes] = []
-        for off, data in self.regions:
-            parts += (_REGION.pack(off, len(data)), data)
-        parts += [_CHUNKS.pack(*c) for c in self.chunks]
-        payload = b"".join(parts)
-        head = _HEAD.pack(
-            _MAGIC,
-            self.epoch,
-            self.seq,
-            self.dev,
-            self.ino,
-            self.old_size,
-            self.new_size,
-            len(self.regions),
-            len(self.chunks),
-            len(payload),
-        )
-        body = head + payload
-        return body + _CRC.pack(zlib.crc32(body))
+        regions = [Region(off, data) for off, data in self.regions]
+        rows = [_CHUNKS.pack(*c) for c in self.chunks]
+        return _encode(self.epoch, self.seq, self.dev, self.ino, self.old_size, self.new_size, regions, len(rows), rows)
+
+
+def _encode(
+    epoch: int,
+    seq: int,
+    dev: int,
+    ino: int,
+    old_size: int,
+    new_size: int,
+    regions: list[Region],
+    nchunks: int,
+    tables: list[bytes],
+) -> bytes:
+    """A record's bytes: head, regions (each its offset and length, then its bytes), the chunk
+    table (``tables``: its rows, already packed, ``nchunks`` of them), and the crc32 of all that;
+    the bytes joined once, the crc taken piece by piece."""
+    parts: list[bytes] = [b""]
+    for r in regions:
+        parts += (_REGION.pack(r.offset, len(r.data)), r.data)
+    parts += tables
+    plen = sum(len(p) for p in parts)
+    parts[0] = _HEAD.pack(_MAGIC, epoch, seq, dev, ino, old_size, new_size, len(regions), nchunks, plen)
+    crc = 0
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    parts.append(_CRC.pack(crc))
+    return b"".join(parts)
 
 
 def _decode(raw: bytes, pos: int) -> tuple[JournalRecord, int] | None:
@@ -195,7 +206,8 @@ class Journal:
         chunk (the bytes between them as the file holds them), so that the batch writes
         each chunk once.  A chunk written twice could reach the disk between the two
         writes, in a state no record names, and the journal would no longer match it."""
-        chunks: list[tuple[int, int, int]] = []
+        tables: list[bytes] = []  # the chunk table's rows, span by span
+        nchunks = 0
         joined: list[Region] = []
         spans = _spans(regions)
         # Each region lies in one span: the span that starts at or before it, found by bisection.
@@ -206,14 +218,12 @@ class Journal:
                 mine[bisect.bisect_right(starts, r.offset) - 1].append(r)
         for (first, count), base, placed in zip(spans, starts, mine, strict=True):
             old = os.pread(data_fd, min(count * CHUNK, old_size - base), base) if base < old_size else b""
-            write, crcs = batch.span_image(old, placed, first, count, base, new_size, CHUNK)
+            write, rows = batch.span_image(old, placed, first, count, base, new_size, CHUNK)
             if write is not None:
                 joined.append(Region(*write))
-            chunks += crcs
-        rec = JournalRecord(
-            self.epoch, self.count, dev, ino, old_size, new_size, [(r.offset, r.data) for r in joined], chunks
-        )
-        raw = rec.encode()
+            tables.append(rows)
+            nchunks += count
+        raw = _encode(self.epoch, self.count, dev, ino, old_size, new_size, joined, nchunks, tables)
         start = self.pos
         end = start + len(raw)
         if end > self.capacity:
