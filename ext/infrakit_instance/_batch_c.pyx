@@ -14,7 +14,7 @@ import zlib
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from cpython.list cimport PyList_GET_SIZE
 
 from infrakit_instance._codec_c import TAIL
@@ -35,6 +35,9 @@ cdef bytes _COMMA_NL = b",\n"
 cdef bytes _NL = b"\n"
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _crc32 = zlib.crc32
+cdef char _SPACES[512]
+memset(_SPACES, 32, 512)
+cdef unsigned long _SPACES_CRC = zlib.crc32(b" " * 512)
 cdef object _deque = collections.deque
 
 # The store's errors and its file layout's numbers (``store.file`` imports this module,
@@ -142,6 +145,8 @@ cdef unsigned long _chunk_crc(const char* p, Py_ssize_t size, Py_ssize_t at, Py_
     """crc32 of the chunk at ``at`` of an image of ``size`` bytes, zero-padded to a whole chunk."""
     cdef Py_ssize_t piece
     if at + chunk <= size:
+        if chunk == 512 and p[at] == 32 and memcmp(p + at, _SPACES, 512) == 0:
+            return _SPACES_CRC  # blanked by destroys: most chunks a journaled batch writes
         return _crc32(PyMemoryView_FromMemory(<char*>p + at, chunk, PyBUF_READ))
     piece = size - at if at < size else 0
     crc = _crc32(PyMemoryView_FromMemory(<char*>p + at, piece, PyBUF_READ)) if piece else 0
