@@ -38,6 +38,7 @@ cdef class State:
     cpdef _index_remove(self, Record rec)
     cdef void _index_drop(self, Record rec, dict tags) except *
     cdef void _unindex(self, Record rec, object key, object value) except *
+    cdef void _unbucket(self, Record rec, dict by_value, object key, object value) except *
     cdef bint _index_drop_brief(self, Record rec) except -1
 
 

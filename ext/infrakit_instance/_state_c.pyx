@@ -466,10 +466,10 @@ cdef class State:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(brief)
         cdef Py_ssize_t i, j, k, pos
         cdef dict index = self._index
-        cdef dict by_value, bucket
+        cdef dict by_value
         cdef PyObject* name
         cdef PyObject* values
-        cdef object key, value
+        cdef object key
         if n < 37 or memcmp(p, b'{"ID":', 6) != 0 or memchr(p, 92, <size_t>n) != NULL:
             return False
         i = _str_end(p, 6, n)
@@ -509,15 +509,7 @@ cdef class State:
                 key = PyUnicode_DecodeUTF8(p + i + 1, j - i - 1, NULL)
                 by_value = index.get(key)
             if by_value is not None:
-                value = PyUnicode_DecodeUTF8(p + j + 3, k - j - 3, NULL)
-                bucket = by_value.get(value)
-                if bucket is not None:
-                    bucket.pop(rec.id, None)
-                    if not bucket:
-                        del by_value[value]
-                        if not by_value:
-                            del index[key]
-                        self._unsorted.discard((key, value))
+                self._unbucket(rec, by_value, key, PyUnicode_DecodeUTF8(p + j + 3, k - j - 3, NULL))
             i = k + 1
             if p[i] == 125:
                 return i == n - 2 and p[n - 1] == 125
@@ -531,11 +523,13 @@ cdef class State:
 
     cdef void _unindex(self, Record rec, object key, object value) except *:
         """Take ``rec`` out of the bucket of one of its tags (dropping the bucket if it empties)."""
-        cdef dict by_value, bucket
-        by_value = self._index.get(key)
-        if by_value is None:
-            return
-        bucket = by_value.get(value)
+        cdef dict by_value = self._index.get(key)
+        if by_value is not None:
+            self._unbucket(rec, by_value, key, value)
+
+    cdef void _unbucket(self, Record rec, dict by_value, object key, object value) except *:
+        """``_unindex`` once the tag's name is found: ``by_value`` is the index's entry for ``key``."""
+        cdef dict bucket = by_value.get(value)
         if bucket is not None:
             bucket.pop(rec.id, None)
             if not bucket:
