@@ -70,7 +70,7 @@ def trailer(length: int, crc: int) -> bytes:
 
 
 _BITS = bytes.maketrans(b"01", b" \t")
-_CHUNK_ROW = struct.Struct("<QII")  # a journal record's chunk table row: index, crc before, crc after
+_CHUNK_ROW = struct.Struct("<QII")  # a journal record's chunk table row (journal._CHUNKS): index, crc before, crc after
 
 
 def span_image(
