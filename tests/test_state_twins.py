@@ -256,3 +256,19 @@ def test_a_placed_document_is_the_document_closed_and_places_every_element(ops: 
             assert placed[rec.off : rec.off + rec.size] == rec.element() + b" " * slack
         made.append((placed, [(r.off, r.size) for r in state.instances.values()]))
     assert made[0] == made[1]
+
+
+def test_a_placed_document_takes_a_spec_that_is_not_bytes() -> None:
+    """A record whose Spec is a bytes-like object other than ``bytes`` is placed as
+    ``document()`` writes it (the compiled twin then goes the pure twin's way)."""
+    for twin in TWINS:
+        state = twin.State()
+        for n, spec in enumerate((b'{"a":1}', bytearray(b'{"b":2}'), None)):
+            iid = f"i-{n}"
+            state.append(twin.Record(iid, _codec_py.encode_brief(iid, None, {"g": "x"}), spec), {"g": "x"})
+        doc, offsets = state.document(2)
+        placed = state.placed_document(2, lambda n: b"]}")
+        assert placed == doc[: len(doc) - len(_codec_py.TAIL)] + b"]}"
+        assert [(r.off, r.size) for r in state.instances.values()] == [
+            (off, len(r.element()) + 2) for r, off in zip(state.instances.values(), offsets, strict=True)
+        ]
