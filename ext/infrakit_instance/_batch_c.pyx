@@ -176,12 +176,15 @@ cdef class Core:
     cdef public bint _checked
     cdef public bint _rewrite
     cdef public double compact_ratio
+    cdef public Py_ssize_t _relayout_at
+    cdef public set _grown
 
     def __cinit__(self, *args, **kwargs):
         self._writes = []
         self._run = []
         self._waiters = []
-        self._tip = self._append_from = self._run_end = -1
+        self._tip = self._append_from = self._run_end = self._relayout_at = -1
+        self._grown = set()
 
     @property
     def state(self):
@@ -263,6 +266,35 @@ cdef class Core:
         self._put(start, data, False)
         self._tip = start + lead + size
         self._live += lead + size
+        return self._take()
+
+    def label(self, instance_id, labels):
+        """Add or overwrite tags (see the pure twin): the element rewritten in its slot,
+        padded in one allocation, or the batch's relayout marked."""
+        cdef object rec, new
+        cdef bytes elem, data
+        cdef Py_ssize_t n, size, off
+        if self.stopped is not None:
+            raise _Stopped(self.stopped)
+        state = self._state
+        rec = state.get(instance_id)
+        if rec is None:
+            raise _Unknown(instance_id)
+        new = state.relabel(rec, labels)
+        elem = new.element()
+        n = PyBytes_GET_SIZE(elem)
+        size = rec.size
+        off = rec.off
+        if n <= size:
+            data = PyBytes_FromStringAndSize(NULL, size)
+            memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(elem), n)
+            memset(PyBytes_AS_STRING(data) + n, 32, size - n)
+            self._put(off, data, True)
+        else:
+            self._live += n - size
+            self._relayout_at = off if self._relayout_at < 0 else min(self._relayout_at, off)
+            self._grown.add(instance_id)
+            self._in_place = True
         return self._take()
 
     def destroy(self, instance_id):

@@ -141,6 +141,8 @@ class Core:
     _size: int  # the file's size: the document and the padding after it
     _checked: bool  # the last trailer carries a checksum (not NO_CHECK)
     _rewrite: bool  # the next batch writes the whole file anew
+    _relayout_at: int  # the pending batch moves every element from this offset on (-1: none)
+    _grown: set[str]  # ... because these outgrew their slots
     compact_ratio: float  # ... once the file holds this many times what it would take
 
     @property
@@ -186,6 +188,26 @@ class Core:
             self._tip = start + 1 + size
             self._live += 1 + size
         record.size = size
+        return self._waiter()
+
+    def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
+        """Add or overwrite tags: the element rewritten where it stands if it still fits its
+        slot; else everything from it on moves, planned once per batch (the store's ``_relayout``)."""
+        if self.stopped is not None:
+            raise _Stopped(self.stopped)
+        state = self._state
+        rec = state.get(instance_id)
+        if rec is None:
+            raise _Unknown(instance_id)
+        new = state.relabel(rec, labels)
+        elem = new.element()
+        if len(elem) <= rec.size:
+            self._queue(rec.off, elem + b" " * (rec.size - len(elem)))
+        else:
+            self._live += len(elem) - rec.size
+            self._relayout_at = rec.off if self._relayout_at < 0 else min(self._relayout_at, rec.off)
+            self._grown.add(instance_id)
+            self._in_place = True
         return self._waiter()
 
     def destroy(self, instance_id: str) -> asyncio.Future[None]:

@@ -591,25 +591,6 @@ class FileStore(batch.Core, Store):
     # provision and destroy, and the pending batch's writes and future (_queue, _waiter,
     # _head), are the core's (batch.Core: _batch_c, twin _batch_py).
 
-    def label(self, instance_id: str, labels: dict[str, str]) -> asyncio.Future[None]:
-        self._check()
-        state = self._state
-        rec = state.get(instance_id)
-        if rec is None:
-            raise UnknownInstance(instance_id)
-        new = state.relabel(rec, labels)
-        elem = new.element()
-        self._live += max(0, len(elem) - rec.size)
-        if len(elem) <= rec.size:
-            self._queue(rec.off, elem + b" " * (rec.size - len(elem)))
-        else:
-            # It grew out of its slot: everything from here on moves.  That is
-            # planned once per batch, when the batch is cut (see _relayout).
-            self._relayout_at = rec.off if self._relayout_at < 0 else min(self._relayout_at, rec.off)
-            self._grown.add(instance_id)
-            self._in_place = True
-        return self._waiter()
-
     def set_functional(self, instance_id: str, functional: bool) -> asyncio.Future[None]:
         self._check()
         state = self._state
