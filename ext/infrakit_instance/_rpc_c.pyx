@@ -954,6 +954,18 @@ cdef class DispatchCore:
                         except Exception as exc:  # a bug must answer, not kill the connection
                             return self._fail(scan[0], "Instance.Destroy", exc)
                         return _enveloped(result, scan[0], "Instance.Destroy")
+            if has(<bytes>body, b'"Instance.DescribeInstances"', 28):
+                method = (<dict>self.methods).get("Instance.DescribeInstances")
+                if type(method) is Describe:
+                    scan = _scan_describe(<bytes>body)
+                    if scan is not None:
+                        try:
+                            result = (<Describe>method).answer(scan[1], scan[2])
+                        except RpcError as exc:
+                            return self._error(scan[0], exc.code, exc.message, "Instance.DescribeInstances")
+                        except Exception as exc:  # a bug must answer, not kill the connection
+                            return self._fail(scan[0], "Instance.DescribeInstances", exc)
+                        return self._answered(result, scan[0], "Instance.DescribeInstances")
         try:
             doc = _decode_body(body)
         except RpcError as exc:
@@ -999,16 +1011,20 @@ cdef class DispatchCore:
                             return self._error(id_json, exc.code, exc.message, name)
                         except Exception as exc:  # a bug must answer, not kill the connection
                             return self._fail(id_json, name, exc)
-                        if isinstance(result, bytes):
-                            return _encode_result(id_json, result)
-                        if type(result) is _pending_type and isinstance(result, PendingCore):
-                            # what Dispatcher._wrap does to a Pending, in place
-                            (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
-                            (<PendingCore>result).id_json = id_json
-                            (<PendingCore>result).method = name
-                            return result
-                        return self._wrap(result, id_json, name)
+                        return self._answered(result, id_json, name)
         return self._rest(doc, body, False)
+
+    cdef object _answered(self, object result, bytes id_json, str name):
+        """A method's result in its envelope: bytes at once, a Pending in place, else by ``_wrap``."""
+        if isinstance(result, bytes):
+            return _encode_result(id_json, result)
+        if type(result) is _pending_type and isinstance(result, PendingCore):
+            # what Dispatcher._wrap does to a Pending, in place
+            (<PendingCore>result).answer = _encode_result(id_json, (<PendingCore>result).answer)
+            (<PendingCore>result).id_json = id_json
+            (<PendingCore>result).method = name
+            return result
+        return self._wrap(result, id_json, name)
 
 
 cdef inline object _enveloped(object result, bytes id_json, str method):
@@ -1200,7 +1216,6 @@ cdef class Describe:
 
     cdef object call(self, object params):
         _check_type(params)
-        cdef bytes type_json = _EMPTY_TYPE
         cdef object tags = _string_map(_get(params, "Tags"), "Tags")
         cdef object properties = (<dict>params).get("Properties", False) if type(params) is dict else params.get(
             "Properties", False
@@ -1209,11 +1224,16 @@ cdef class Describe:
             properties = False
         if not isinstance(properties, bool):
             raise _params_error('"Properties" must be true or false')
+        return self.answer(tags or None, properties)
+
+    cdef object answer(self, object tags, object properties):
+        """The answer to checked params: ``tags`` a dict of strings or None, ``properties`` a bool."""
+        cdef bytes type_json = _EMPTY_TYPE
         cdef object store = self._store
         cdef object barrier = store.read_barrier()
         if barrier is not None:
-            return self._after(barrier, type_json, tags or None, properties)
-        cdef object descriptions = store.describe(tags or None, properties)
+            return self._after(barrier, type_json, tags, properties)
+        cdef object descriptions = store.describe(tags, properties)
         if type(descriptions) is bytes and PyBytes_GET_SIZE(<bytes>descriptions) < self._big:
             return wrap2(b'{"Type":', 8, type_json, b',"Descriptions":', 16, <bytes>descriptions)
         if len(descriptions) < self._big:
@@ -1585,6 +1605,66 @@ cdef tuple _scan_destroy(bytes body):
     )
 
 
+cdef tuple _scan_describe(bytes body):
+    """A compact Instance.DescribeInstances request in the form orjson writes, read without
+    building its objects: ``(id_json, tags, properties)``, ``tags`` a dict or None (none asked
+    for); None for anything else (read the usual way, which answers the same).  Its params are
+    at most an empty "Type", "Tags" null or an object of strings without escapes, and
+    "Properties" true, false or null."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t top[4 * _S_KEYS]
+    cdef Py_ssize_t params[4 * _S_KEYS]
+    cdef Py_ssize_t members[4 * _S_KEYS]
+    cdef Py_ssize_t id_span[2]
+    cdef Py_ssize_t j, a, b, ka, kb
+    cdef bint asked = False, properties = False
+    cdef dict tags
+    cdef _Capture c_top, c_params, c_tags
+    c_tags.spans, c_tags.child = members, NULL
+    c_params.spans, c_params.child_key, c_params.child_len, c_params.child = params, b"Tags", 4, &c_tags
+    c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
+    top[0] = params[0] = members[0] = -1
+    if not _s_request(p, n, &c_top, b'"Instance.DescribeInstances"', 28, id_span):
+        return None
+    for j in range(_S_KEYS):
+        a = params[4 * j]
+        if a < 0:
+            break
+        a, b = params[4 * j + 2], params[4 * j + 3]
+        if _s_is(p, params, j, b"Type", 4):
+            if not _s_no_type(p, a, b):
+                return None  # a Type named: answered the usual way
+        elif _s_is(p, params, j, b"Tags", 4):
+            if p[a] == 123:
+                asked = True
+            elif p[a] != 110:
+                return None
+        elif _s_is(p, params, j, b"Properties", 10):
+            if p[a] == 116:
+                properties = True
+            elif p[a] != 102 and p[a] != 110:
+                return None
+        else:
+            return None
+    if not asked:
+        return (PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]), None, properties)
+    tags = {}
+    for j in range(_S_KEYS):
+        ka = members[4 * j]
+        if ka < 0:
+            break
+        kb, a, b = members[4 * j + 1], members[4 * j + 2], members[4 * j + 3]
+        if p[a] != 34 or memchr(p + ka, 92, <size_t>(kb - ka)) != NULL or memchr(p + a, 92, <size_t>(b - a)) != NULL:
+            return None  # not a string, or an escape to decode
+        tags[_tag_text(<const char*>p + ka + 1, kb - ka - 2)] = _tag_text(<const char*>p + a + 1, b - a - 2)
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
+        tags or None,
+        properties,
+    )
+
+
 cdef tuple _scan_provision(bytes body):
     """A compact Instance.Provision request whose text is what orjson would write of it, read
     without building its objects: ``(id_json, tags, logical_id_json, tags_json, spec_text)``;
@@ -1709,6 +1789,12 @@ def scan_destroy(body):
     """What the dispatcher reads of a plain Destroy body without building its objects:
     ``(id_json, instance_id)``, or None (read the usual way); compiled only."""
     return _scan_destroy(body) if type(body) is bytes else None
+
+
+def scan_describe(body):
+    """What the dispatcher reads of a plain DescribeInstances body without building its objects:
+    ``(id_json, tags, properties)``, or None (read the usual way); compiled only."""
+    return _scan_describe(body) if type(body) is bytes else None
 
 
 def scan_provision(body):
