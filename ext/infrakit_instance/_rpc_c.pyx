@@ -954,6 +954,18 @@ cdef class DispatchCore:
                         except Exception as exc:  # a bug must answer, not kill the connection
                             return self._fail(scan[0], "Instance.Destroy", exc)
                         return _enveloped(result, scan[0], "Instance.Destroy")
+            if has(<bytes>body, b'"Instance.Label"', 16):
+                method = (<dict>self.methods).get("Instance.Label")
+                if type(method) is LogicalLabel:
+                    scan = _scan_label(<bytes>body)
+                    if scan is not None:
+                        try:
+                            result = (<LogicalLabel>method).label(scan[1], scan[2])
+                        except RpcError as exc:
+                            return self._error(scan[0], exc.code, exc.message, "Instance.Label")
+                        except Exception as exc:  # a bug must answer, not kill the connection
+                            return self._fail(scan[0], "Instance.Label", exc)
+                        return _enveloped(result, scan[0], "Instance.Label")
             if has(<bytes>body, b'"Instance.DescribeInstances"', 28):
                 method = (<dict>self.methods).get("Instance.DescribeInstances")
                 if type(method) is Describe:
@@ -1306,6 +1318,10 @@ cdef class LogicalLabel(_InstanceChange):
         cdef object instance_id = _change_target(params)
         return self._change(instance_id, _string_map(_get(params, "Labels"), "Labels"))
 
+    cdef object label(self, object instance_id, dict labels):
+        """The checked ID's label (``_scan_label`` checks what ``call`` does)."""
+        return self._change(instance_id, labels)
+
 
 cdef object _change_target(object params):
     """The checked ``Instance`` of a Destroy's or Label's params (after their ``Type``)."""
@@ -1617,7 +1633,7 @@ cdef tuple _scan_describe(bytes body):
     cdef Py_ssize_t params[4 * _S_KEYS]
     cdef Py_ssize_t members[4 * _S_KEYS]
     cdef Py_ssize_t id_span[2]
-    cdef Py_ssize_t j, a, b, ka, kb
+    cdef Py_ssize_t j, a, b
     cdef bint asked = False, properties = False
     cdef dict tags
     cdef _Capture c_top, c_params, c_tags
@@ -1649,7 +1665,21 @@ cdef tuple _scan_describe(bytes body):
             return None
     if not asked:
         return (PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]), None, properties)
-    tags = {}
+    tags = _s_strings(p, members)
+    if tags is None:
+        return None
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
+        tags or None,
+        properties,
+    )
+
+
+cdef dict _s_strings(const unsigned char* p, Py_ssize_t* members):
+    """The scanned object ``members`` as a dict, if every value is a string and nothing in it
+    has an escape (its texts through the tag-text cache); else None."""
+    cdef Py_ssize_t j, ka, kb, a, b
+    cdef dict out = {}
     for j in range(_S_KEYS):
         ka = members[4 * j]
         if ka < 0:
@@ -1657,11 +1687,60 @@ cdef tuple _scan_describe(bytes body):
         kb, a, b = members[4 * j + 1], members[4 * j + 2], members[4 * j + 3]
         if p[a] != 34 or memchr(p + ka, 92, <size_t>(kb - ka)) != NULL or memchr(p + a, 92, <size_t>(b - a)) != NULL:
             return None  # not a string, or an escape to decode
-        tags[_tag_text(<const char*>p + ka + 1, kb - ka - 2)] = _tag_text(<const char*>p + a + 1, b - a - 2)
+        out[_tag_text(<const char*>p + ka + 1, kb - ka - 2)] = _tag_text(<const char*>p + a + 1, b - a - 2)
+    return out
+
+
+cdef tuple _scan_label(bytes body):
+    """A compact Instance.Label request in the form orjson writes, read without building its
+    objects: ``(id_json, instance_id, labels)``; None for anything else (read the usual way,
+    which answers the same).  Its params are a plain "Instance" string (no escape), at most an
+    empty "Type", and "Labels" null or an object of strings without escapes."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t top[4 * _S_KEYS]
+    cdef Py_ssize_t params[4 * _S_KEYS]
+    cdef Py_ssize_t members[4 * _S_KEYS]
+    cdef Py_ssize_t id_span[2]
+    cdef Py_ssize_t j, a, b, xs = -1, xe = -1
+    cdef bint given = False
+    cdef dict labels = {}
+    cdef _Capture c_top, c_params, c_labels
+    c_labels.spans, c_labels.child = members, NULL
+    c_params.spans, c_params.child_key, c_params.child_len, c_params.child = params, b"Labels", 6, &c_labels
+    c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
+    top[0] = params[0] = members[0] = -1
+    if not _s_request(p, n, &c_top, b'"Instance.Label"', 16, id_span):
+        return None
+    for j in range(_S_KEYS):
+        a = params[4 * j]
+        if a < 0:
+            break
+        a, b = params[4 * j + 2], params[4 * j + 3]
+        if _s_is(p, params, j, b"Type", 4):
+            if not _s_no_type(p, a, b):
+                return None  # a Type named: answered the usual way
+        elif _s_is(p, params, j, b"Instance", 8):
+            if p[a] != 34 or b - a < 3 or memchr(p + a, 92, <size_t>(b - a)) != NULL:
+                return None  # not a string, empty, or an escape to decode
+            xs, xe = a + 1, b - 1
+        elif _s_is(p, params, j, b"Labels", 6):
+            if p[a] == 123:
+                given = True
+            elif p[a] != 110:
+                return None
+        else:
+            return None
+    if xs < 0:
+        return None
+    if given:
+        labels = _s_strings(p, members)
+        if labels is None:
+            return None
     return (
         PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
-        tags or None,
-        properties,
+        PyUnicode_DecodeASCII(<const char*>p + xs, xe - xs, NULL),
+        labels,
     )
 
 
@@ -1789,6 +1868,12 @@ def scan_destroy(body):
     """What the dispatcher reads of a plain Destroy body without building its objects:
     ``(id_json, instance_id)``, or None (read the usual way); compiled only."""
     return _scan_destroy(body) if type(body) is bytes else None
+
+
+def scan_label(body):
+    """What the dispatcher reads of a plain Label body without building its objects:
+    ``(id_json, instance_id, labels)``, or None (read the usual way); compiled only."""
+    return _scan_label(body) if type(body) is bytes else None
 
 
 def scan_describe(body):
