@@ -1579,22 +1579,31 @@ cdef inline bint _s_no_type(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) 
     return (b - a == 2 and p[a] == 34) or (b - a == 4 and p[a] == 110)
 
 
-cdef tuple _scan_destroy(bytes body):
-    """A compact Instance.Destroy request in the form orjson writes, read without building its
-    objects: ``(id_json, instance_id)``; None for anything else (the dispatcher then reads it
-    the usual way, which answers the same).  Its params are a plain "Instance" string (no
-    escape), at most an empty "Type" and a "Context" object or null."""
+cdef tuple _scan_change(
+    bytes body, const char* method, Py_ssize_t method_len, const char* extra, Py_ssize_t extra_len, Py_ssize_t* members
+):
+    """What the Destroy and Label scans share: a compact ``method`` request (``method_len``
+    bytes, quotes included) in the form orjson writes, whose params are a plain "Instance"
+    string (no escape), at most an empty "Type", and ``extra`` (Destroy's "Context", Label's
+    "Labels") an object or null, read without building its objects: ``(id_json, instance_id,
+    extra is an object)``, that object's members captured into ``members`` if not NULL; None
+    for anything else (the dispatcher then reads it the usual way, which answers the same)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
     cdef Py_ssize_t top[4 * _S_KEYS]
     cdef Py_ssize_t params[4 * _S_KEYS]
     cdef Py_ssize_t id_span[2]
     cdef Py_ssize_t j, a, b, xs = -1, xe = -1
-    cdef _Capture c_top, c_params
-    c_params.spans, c_params.child = params, NULL
+    cdef bint given = False
+    cdef _Capture c_top, c_params, c_extra
+    c_extra.spans, c_extra.child = members, NULL
+    c_params.spans, c_params.child_key, c_params.child_len = params, extra, extra_len
+    c_params.child = &c_extra if members != NULL else NULL
     c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
     top[0] = params[0] = -1
-    if not _s_request(p, n, &c_top, b'"Instance.Destroy"', 18, id_span):
+    if members != NULL:
+        members[0] = -1
+    if not _s_request(p, n, &c_top, method, method_len, id_span):
         return None
     for j in range(_S_KEYS):
         a = params[4 * j]
@@ -1608,8 +1617,10 @@ cdef tuple _scan_destroy(bytes body):
             if p[a] != 34 or b - a < 3 or memchr(p + a, 92, <size_t>(b - a)) != NULL:
                 return None  # not a string, empty, or an escape to decode
             xs, xe = a + 1, b - 1
-        elif _s_is(p, params, j, b"Context", 7):
-            if p[a] != 123 and p[a] != 110:
+        elif _s_is(p, params, j, extra, extra_len):
+            if p[a] == 123:
+                given = True
+            elif p[a] != 110:
                 return None
         else:
             return None
@@ -1618,7 +1629,14 @@ cdef tuple _scan_destroy(bytes body):
     return (
         PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
         PyUnicode_DecodeASCII(<const char*>p + xs, xe - xs, NULL),
+        given,
     )
+
+
+cdef tuple _scan_destroy(bytes body):
+    """A compact Instance.Destroy request read from its text: ``(id_json, instance_id, _)``
+    (see _scan_change; its "Context" an object or null), or None."""
+    return _scan_change(body, b'"Instance.Destroy"', 18, b"Context", 7, NULL)
 
 
 cdef tuple _scan_describe(bytes body):
@@ -1692,56 +1710,18 @@ cdef dict _s_strings(const unsigned char* p, Py_ssize_t* members):
 
 
 cdef tuple _scan_label(bytes body):
-    """A compact Instance.Label request in the form orjson writes, read without building its
-    objects: ``(id_json, instance_id, labels)``; None for anything else (read the usual way,
-    which answers the same).  Its params are a plain "Instance" string (no escape), at most an
-    empty "Type", and "Labels" null or an object of strings without escapes."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
-    cdef Py_ssize_t top[4 * _S_KEYS]
-    cdef Py_ssize_t params[4 * _S_KEYS]
+    """A compact Instance.Label request read from its text: ``(id_json, instance_id, labels)``
+    (see _scan_change; its "Labels" null or an object of strings without escapes), or None."""
     cdef Py_ssize_t members[4 * _S_KEYS]
-    cdef Py_ssize_t id_span[2]
-    cdef Py_ssize_t j, a, b, xs = -1, xe = -1
-    cdef bint given = False
     cdef dict labels = {}
-    cdef _Capture c_top, c_params, c_labels
-    c_labels.spans, c_labels.child = members, NULL
-    c_params.spans, c_params.child_key, c_params.child_len, c_params.child = params, b"Labels", 6, &c_labels
-    c_top.spans, c_top.child_key, c_top.child_len, c_top.child = top, b"params", 6, &c_params
-    top[0] = params[0] = members[0] = -1
-    if not _s_request(p, n, &c_top, b'"Instance.Label"', 16, id_span):
+    cdef tuple scan = _scan_change(body, b'"Instance.Label"', 16, b"Labels", 6, members)
+    if scan is None:
         return None
-    for j in range(_S_KEYS):
-        a = params[4 * j]
-        if a < 0:
-            break
-        a, b = params[4 * j + 2], params[4 * j + 3]
-        if _s_is(p, params, j, b"Type", 4):
-            if not _s_no_type(p, a, b):
-                return None  # a Type named: answered the usual way
-        elif _s_is(p, params, j, b"Instance", 8):
-            if p[a] != 34 or b - a < 3 or memchr(p + a, 92, <size_t>(b - a)) != NULL:
-                return None  # not a string, empty, or an escape to decode
-            xs, xe = a + 1, b - 1
-        elif _s_is(p, params, j, b"Labels", 6):
-            if p[a] == 123:
-                given = True
-            elif p[a] != 110:
-                return None
-        else:
-            return None
-    if xs < 0:
-        return None
-    if given:
-        labels = _s_strings(p, members)
+    if scan[2]:
+        labels = _s_strings(<const unsigned char*>PyBytes_AS_STRING(body), members)
         if labels is None:
             return None
-    return (
-        PyBytes_FromStringAndSize(<const char*>p + id_span[0], id_span[1] - id_span[0]),
-        PyUnicode_DecodeASCII(<const char*>p + xs, xe - xs, NULL),
-        labels,
-    )
+    return (scan[0], scan[1], labels)
 
 
 cdef tuple _scan_provision(bytes body):
@@ -1867,7 +1847,8 @@ cdef object _tag_text(const char* s, Py_ssize_t n):
 def scan_destroy(body):
     """What the dispatcher reads of a plain Destroy body without building its objects:
     ``(id_json, instance_id)``, or None (read the usual way); compiled only."""
-    return _scan_destroy(body) if type(body) is bytes else None
+    cdef tuple scan = _scan_destroy(body) if type(body) is bytes else None
+    return None if scan is None else scan[:2]
 
 
 def scan_label(body):
