@@ -12,7 +12,6 @@ scan reads must be what orjson reads; anything else must be declined, never misr
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import impls
@@ -28,20 +27,12 @@ from infrakit_instance.plugin import Plugin
 from infrakit_instance.rpc import Dispatcher, Parts
 from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore
+from test_destroy_text import _ANY_TEXT, _JSON, _PLAIN, SETTINGS, _Methods, request_ids, varied
 
 pytestmark = pytest.mark.compiled
 _rpc_c = impls.compiled_modules()[impls.MODULES.index("_rpc")]
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
 _GROUPS = ["g0", "g1", 'g"2', "g/3", "é4"]  # every instance's "group" tag is one of these
-_PLAIN = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=5)
-_ANY_TEXT = st.text(st.sampled_from(list('ab"\\/\n\x01é\u2028 ')), max_size=5)
-_JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False), _ANY_TEXT),
-    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(_PLAIN, inner, max_size=2)),
-    max_leaves=5,
-)
 _KEYS = st.sampled_from(["group", "role", "n", "none"])
 _VALUES = st.one_of(st.sampled_from([*_GROUPS[:2], "g/3", "worker", "0", "1", "x"]), _PLAIN)
 
@@ -83,30 +74,14 @@ def describe_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
         "jsonrpc": "2.0",
         "method": "Instance.DescribeInstances",
         "params": params,
-        "id": draw(
-            st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN)
-            if readable
-            else st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN, _ANY_TEXT, st.none(), st.just(1.5))
-        ),
+        "id": draw(request_ids(readable)),
     }
     ident = envelope["id"]
     plain = plain and (isinstance(ident, int) or isinstance(ident, str))
     body = orjson.dumps({k: envelope[k] for k in draw(st.permutations(list(envelope)))})
     # the scan reads ASCII text without escapes (in the id and the tags) and without floats
     plain = plain and body.isascii() and b"\\" not in body and not any(isinstance(x, float) for x in _leaves(params))
-    how = draw(st.integers(0, 19 if readable else 9))
-    if how == 1:
-        body = json.dumps(json.loads(body)).encode()  # spaces
-        plain = False
-    elif how == 2:
-        body = body.replace(b'"params":{', b'"params":{"dup":1,"dup":2,', 1)
-        plain = False
-    elif how == 3:
-        body += b"\n"  # trailing whitespace is outside the request's text
-    elif how == 4 and b"/" in body:
-        body = body.replace(b"/", b"\\/")
-        plain = False
-    return body, plain
+    return varied(draw, body, plain, readable)
 
 
 def _leaves(value: Any) -> Iterator[Any]:
@@ -118,10 +93,6 @@ def _leaves(value: Any) -> Iterator[Any]:
             yield from _leaves(v)
     else:
         yield value
-
-
-class _Methods(dict):  # type: ignore[type-arg]
-    """A method table the dispatcher reads only the usual way (its text path wants a plain dict)."""
 
 
 def _answer(answer: Any) -> Any:

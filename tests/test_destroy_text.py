@@ -82,11 +82,7 @@ def destroy_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
         "jsonrpc": "2.0",
         "method": "Instance.Destroy",
         "params": params,
-        "id": draw(
-            st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN)
-            if readable
-            else st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN, _ANY_TEXT, st.none(), st.just(1.5))
-        ),
+        "id": draw(request_ids(readable)),
     }
     ident = envelope["id"]
     plain = plain and (isinstance(ident, int) or (isinstance(ident, str) and "\\" not in orjson.dumps(ident).decode()))
@@ -95,6 +91,19 @@ def destroy_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
     # the scan reads ASCII text without floats; a Context of anything else is declined
     plain = plain and body.isascii() and not any(isinstance(n, float) for n in _numbers(params.get("Context")))
     plain = plain and b"\\u" not in body
+    return varied(draw, body, plain, readable)
+
+
+def request_ids(readable: bool) -> st.SearchStrategy[Any]:
+    """A request's id: an integer or a plain string, or (not ``readable``) anything an id may be."""
+    if readable:
+        return st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN)
+    return st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN, _ANY_TEXT, st.none(), st.just(1.5))
+
+
+def varied(draw: st.DrawFn, body: bytes, plain: bool, readable: bool) -> tuple[bytes, bool]:
+    """``body`` as it is, mostly, or written another way: with spaces, a key twice or an escaped
+    slash (then no longer plain), or trailing whitespace (outside the request's text)."""
     how = draw(st.integers(0, 19 if readable else 9))
     if how == 1:
         body = json.dumps(json.loads(body)).encode()  # spaces
@@ -103,7 +112,7 @@ def destroy_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
         body = body.replace(b'"params":{', b'"params":{"dup":1,"dup":2,', 1)
         plain = False
     elif how == 3:
-        body += b"\n"  # trailing whitespace is outside the request's text
+        body += b"\n"
     elif how == 4 and b"/" in body:
         body = body.replace(b"/", b"\\/")
         plain = False

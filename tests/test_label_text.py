@@ -12,7 +12,6 @@ them; anything else must be declined, never misread.
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import impls
 from infrakit_instance.rpc import Dispatcher, Pending
 from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance
-from test_destroy_text import _ANY_TEXT, _IDS, _JSON, _PLAIN, SETTINGS, _Methods
+from test_destroy_text import _ANY_TEXT, _IDS, _JSON, _PLAIN, SETTINGS, _Methods, request_ids, varied
 
 pytestmark = pytest.mark.compiled
 _rpc_c = impls.compiled_modules()[impls.MODULES.index("_rpc")]
@@ -72,29 +71,13 @@ def label_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
         "jsonrpc": "2.0",
         "method": "Instance.Label",
         "params": params,
-        "id": draw(
-            st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN)
-            if readable
-            else st.one_of(st.integers(-(10**18) + 1, 10**19 - 1), _PLAIN, _ANY_TEXT, st.none(), st.just(1.5))
-        ),
+        "id": draw(request_ids(readable)),
     }
     plain = plain and isinstance(envelope["id"], (int, str))
     body = orjson.dumps({k: envelope[k] for k in draw(st.permutations(list(envelope)))})
     # the scan reads ASCII text without escapes in the instance ID, the labels and the id
     plain = plain and body.isascii() and b"\\" not in body
-    how = draw(st.integers(0, 19 if readable else 9))
-    if how == 1:
-        body = json.dumps(json.loads(body)).encode()  # spaces
-        plain = False
-    elif how == 2:
-        body = body.replace(b'"params":{', b'"params":{"dup":1,"dup":2,', 1)
-        plain = False
-    elif how == 3:
-        body += b"\n"  # trailing whitespace is outside the request's text
-    elif how == 4 and b"/" in body:
-        body = body.replace(b"/", b"\\/")
-        plain = False
-    return body, plain
+    return varied(draw, body, plain, readable)
 
 
 def _dispatch(body: bytes, scan: bool) -> list[Any]:
