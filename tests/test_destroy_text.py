@@ -133,9 +133,11 @@ class _Methods(dict):  # type: ignore[type-arg]
     """A method table the dispatcher reads only the usual way (its text path wants a plain dict)."""
 
 
-def _dispatch(body: bytes, scan: bool) -> list[Any]:
-    """``body`` answered by the dispatcher with the logical provider's Destroy over a store of
-    its own holding ``_IDS``; with ``scan``, as the plugin runs it, else with the text path off."""
+def dispatch(body: bytes, scan: bool, method: str, make: Any) -> list[Any]:
+    """``body`` answered by the dispatcher with ``method`` (``make(store)``, a logical provider's
+    change) over a store of its own holding ``_IDS``; with ``scan``, as the plugin runs it, else
+    with the text path off. What it saw: the answer, the instances (ID and brief), the tag index
+    and the state file."""
 
     async def go(path: str) -> list[Any]:
         store = FileStore(path, fsync=False)
@@ -144,7 +146,7 @@ def _dispatch(body: bytes, scan: bool) -> list[Any]:
             tags = {"group": f"g{n % 2}", "n": str(n)}
             brief = orjson.dumps({"ID": iid, "LogicalID": None, "Tags": tags})
             await store.provision(Record(iid, brief, None), tags)
-        table = {"Instance.Destroy": _rpc_c.LogicalDestroy(store, StoreError, UnknownInstance)}
+        table = {method: make(store)}
         answer = Dispatcher(table if scan else _Methods(table)).handle(body)
         seen: list[Any] = []
         if isinstance(answer, Pending):
@@ -153,7 +155,7 @@ def _dispatch(body: bytes, scan: bool) -> list[Any]:
         else:
             seen.append(("answer", answer))
         state = store.state
-        seen.append(list(state.instances))
+        seen.append([(r.id, r.brief) for r in state.instances.values()])  # in array order
         seen.append(
             sorted(((k, v), [r.id for r in b.values()]) for k, by in state._index.items() for v, b in by.items())
         )
@@ -166,9 +168,13 @@ def _dispatch(body: bytes, scan: bool) -> list[Any]:
         return asyncio.run(go(f"{d}/state.json"))
 
 
+def _destroyer(store: FileStore) -> Any:
+    return _rpc_c.LogicalDestroy(store, StoreError, UnknownInstance)
+
+
 def _compare(body: bytes) -> list[Any]:
-    seen = _dispatch(body, True)
-    assert seen == _dispatch(body, False), body
+    seen = dispatch(body, True, "Instance.Destroy", _destroyer)
+    assert seen == dispatch(body, False, "Instance.Destroy", _destroyer), body
     return seen
 
 
@@ -185,7 +191,7 @@ def test_a_destroy_read_from_its_text_answers_as_one_read_by_orjson(made: tuple[
     doc = orjson.loads(body)
     assert scan == (orjson.dumps(doc["id"]), doc["params"]["Instance"])
     if doc["params"]["Instance"] in _IDS:
-        assert seen[0][0] == "pending" and doc["params"]["Instance"] not in seen[1]
+        assert seen[0][0] == "pending" and doc["params"]["Instance"] not in dict(seen[1])
     else:
         assert seen[0][0] == "answer" and b"no such instance" in seen[0][1]
 
@@ -255,4 +261,4 @@ def test_the_go_clients_destroy_is_read_from_its_text(name: str) -> None:
         str(doc["id"]).encode(),
         "Instance.Destroy",
     )
-    assert "instance-2" not in seen[1]
+    assert "instance-2" not in dict(seen[1])

@@ -11,8 +11,6 @@ them; anything else must be declined, never misread.
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import impls
-from infrakit_instance.rpc import Dispatcher, Pending
-from infrakit_instance.state import Record
 from infrakit_instance.store import FileStore, StoreError, UnknownInstance
-from test_destroy_text import _ANY_TEXT, _IDS, _JSON, _PLAIN, SETTINGS, _Methods, request_ids, varied
+from test_destroy_text import _ANY_TEXT, _IDS, _JSON, _PLAIN, SETTINGS, dispatch, request_ids, varied
 
 pytestmark = pytest.mark.compiled
 _rpc_c = impls.compiled_modules()[impls.MODULES.index("_rpc")]
@@ -80,42 +76,13 @@ def label_bodies(draw: st.DrawFn) -> tuple[bytes, bool]:
     return varied(draw, body, plain, readable)
 
 
-def _dispatch(body: bytes, scan: bool) -> list[Any]:
-    """``body`` answered by the dispatcher with the logical provider's Label over a store of
-    its own holding ``_IDS``; with ``scan``, as the plugin runs it, else with the text path off."""
-
-    async def go(path: str) -> list[Any]:
-        store = FileStore(path, fsync=False)
-        await store.open()
-        for n, iid in enumerate(_IDS):
-            tags = {"group": f"g{n % 2}", "n": str(n)}
-            brief = orjson.dumps({"ID": iid, "LogicalID": None, "Tags": tags})
-            await store.provision(Record(iid, brief, None), tags)
-        table = {"Instance.Label": _rpc_c.LogicalLabel(store, StoreError, UnknownInstance)}
-        answer = Dispatcher(table if scan else _Methods(table)).handle(body)
-        seen: list[Any] = []
-        if isinstance(answer, Pending):
-            await answer.done
-            seen.append(("pending", answer.answer, answer.id_json, answer.method, answer.settle()))
-        else:
-            seen.append(("answer", answer))
-        state = store.state
-        seen.append([(r.id, r.brief) for r in state.instances.values()])
-        seen.append(
-            sorted(((k, v), [r.id for r in b.values()]) for k, by in state._index.items() for v, b in by.items())
-        )
-        await store.close()
-        with open(path, "rb") as f:
-            seen.append(f.read())
-        return seen
-
-    with tempfile.TemporaryDirectory() as d:
-        return asyncio.run(go(f"{d}/state.json"))
+def _labeller(store: FileStore) -> Any:
+    return _rpc_c.LogicalLabel(store, StoreError, UnknownInstance)
 
 
 def _compare(body: bytes) -> list[Any]:
-    seen = _dispatch(body, True)
-    assert seen == _dispatch(body, False), body
+    seen = dispatch(body, True, "Instance.Label", _labeller)
+    assert seen == dispatch(body, False, "Instance.Label", _labeller), body
     return seen
 
 
