@@ -195,3 +195,107 @@ def test_a_stand_in_disk_runs_on_the_loop_unless_it_asks() -> None:
         pass
 
     assert Disk.overlap and HeldDisk.overlap and not Quiet.overlap
+
+
+# -- on a server: the batch's I/O runs on the loop when every client waits for it -------------
+
+_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+def _provision(ident: int) -> bytes:
+    body = b'{"jsonrpc":"2.0","method":"Instance.Provision","params":{"Type":"","Spec":{"Tags":{"g":"x"}}},"id":%d}'
+    body %= ident
+    return _HEAD % len(body) + body
+
+
+async def _answers(reader: asyncio.StreamReader, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        out.append(await reader.readexactly(length))
+    return out
+
+
+def test_a_batch_every_client_waits_for_syncs_on_the_loop(tmp_path: Path) -> None:
+    """A plugin's server tells its store when every open connection waits for a change:
+    then nobody could use the loop while the batch syncs, and its writes and sync run on
+    the loop (no hand-off to the writer thread and back).  One open connection more, idle,
+    and the batch goes to the writer thread, so that the loop stays free for it.  A
+    connection that closes while its change is being made stops counting at once."""
+    from infrakit_instance.server import Config, Server, new_event_loop
+
+    sock = str(tmp_path / "p.sock")
+    disk = HeldDisk()
+    store = FileStore(str(tmp_path / "s.json"), disk=disk)
+    server = Server(Config(listen="unix://" + sock, state=store.path, plugins_dir=str(tmp_path)), store=store)
+    main_thread = threading.current_thread().name
+
+    def syncs() -> list[str]:
+        """The threads of the data syncs since the last call."""
+        done = [thread for op, thread in disk.ops if op == "sync data"]
+        disk.ops.clear()
+        return done
+
+    async def test() -> None:
+        reader, writer = await asyncio.open_unix_connection(sock)
+        # The only connection, one change, then two pipelined in one write: on the loop.
+        writer.write(_provision(1))
+        assert len(await _answers(reader, 1)) == 1
+        writer.write(_provision(2) + _provision(3))
+        assert all(b'"result"' in a for a in await _answers(reader, 2))
+        done = syncs()
+        assert done and set(done) == {main_thread}, done
+        assert server.waiting == 0
+        # A second connection, open and idle: the batch syncs on the writer thread.
+        idle_reader, idle_writer = await asyncio.open_unix_connection(sock)
+        await until(lambda: len(server.connections) == 2, "the idle connection")
+        disk.ops.clear()
+        writer.write(_provision(4))
+        await _answers(reader, 1)
+        done = syncs()
+        assert done and all(t.startswith("infrakit-store") for t in done), done
+        # A connection lost while its change syncs (held; cut off as the server's own timeouts
+        # do it): it stops counting at once, and only once; its change is made all the same.
+        # (A client that only half-closes still waits for its answer, and is open till then.)
+        gone_reader, gone_writer = await asyncio.open_unix_connection(sock)
+        disk.hold = "sync data"
+        gone_writer.write(_provision(5))
+        await until(disk.held.is_set, "the change's sync")
+        assert server.waiting == 1
+        (gone,) = [conn for conn in server.connections if conn._waiting]
+        gone.transport.abort()
+        await until(lambda: len(server.connections) == 2, "the lost connection gone")
+        assert server.waiting == 0
+        disk.release.set()
+        await until(lambda: len(store.state) == 5 and not store._waiters, "the closed client's change")
+        await asyncio.sleep(0.01)  # its batch's answer (to nobody) is settled
+        assert server.waiting == 0
+        disk.ops.clear()
+        writer.write(_provision(6))
+        await _answers(reader, 1)
+        done = syncs()
+        assert done and all(t.startswith("infrakit-store") for t in done), done  # the idle one is still open
+        idle_writer.close()
+        await until(lambda: len(server.connections) == 1, "the idle connection closed")
+        disk.ops.clear()
+        writer.write(_provision(7))
+        await _answers(reader, 1)
+        assert syncs() == [main_thread]
+        assert server.waiting == 0
+        writer.close()
+        del idle_reader, gone_reader
+
+    async def main() -> None:
+        await server.start()
+        try:
+            await asyncio.wait_for(test(), 20)
+        finally:
+            disk.release.set()
+            await server.stop()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

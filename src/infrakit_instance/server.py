@@ -176,6 +176,8 @@ class Connection(connection.Core, asyncio.Protocol):
                 log.debug("connection closed%s", f": {exc}" if exc else "")
             self.server.connections.discard(self)
             self.server.connection_closed()
+            if self._waiting:
+                self.server.waiting -= 1  # no longer open (its batch, when done, answers nobody)
             self._closing = True
             self._dead = True
             self._backlog.clear()
@@ -396,6 +398,8 @@ class Server:
         self.quick = entries if entries and not self.debug and not self.tcp else None
         self.connections: set[Connection] = set()
         self.inflight = 0
+        self.waiting = 0  # open connections with a change waiting for its store batch
+        self.store.all_waiting = self.all_waiting
         self.stopping = False
         self.bearer = None if config.auth_token is None else b"Bearer " + config.auth_token
         self.buffered = 0  # request bytes held by all connections
@@ -410,6 +414,10 @@ class Server:
         self._idle: asyncio.Event | None = None
         self._listen_file: str | None = None
         self._socket_path: str | None = None
+
+    def all_waiting(self) -> bool:
+        """Every open connection waits for a store batch: none can send anything meanwhile."""
+        return self.waiting >= len(self.connections)
 
     def idle_changed(self) -> None:
         if self._idle is not None and self.stopping and self.inflight == 0:

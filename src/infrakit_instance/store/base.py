@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from ..state import Record, State
 
@@ -40,6 +41,11 @@ class Store(ABC):
     (or fails with :class:`StoreError`, in which case it was not made).  That
     future may be shared by every change of a batch: await it (shielded, if
     the awaiting task may be cancelled), never cancel it."""
+
+    #: Set by the server: true while every open connection waits for a change of the store
+    #: (none can send a request while a batch syncs), so a backend may make a batch durable
+    #: on the event loop instead of handing it to another thread.  None: not known.
+    all_waiting: Callable[[], bool] | None = None
 
     @property
     @abstractmethod
