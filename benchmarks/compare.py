@@ -704,6 +704,8 @@ def sweep(
                         "keepalive": res["keepalive"],
                         "pipelined": res["pipeline"],  # what ran: 1 for a server closing after each answer
                         "prefilled": (res.get("prefill") or {}).get("reached", 0),
+                        # A destroy or label run that used up the prefill's instances stopped early.
+                        "exhausted": bool(res.get("exhausted")),
                         "exit_code": srv.exit_code,
                     }
                     points.append(point)
@@ -744,7 +746,7 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
         + " |",
         "|---|---|" + "---|---|" * len(names) + "---|---|" * len(others),
     ]
-    bound = False
+    bound = ran_out = False
     for method in plots.series_of(result):
         for level in result["levels"]:
             row = [method, str(level)]
@@ -753,9 +755,15 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
                 if p is None:
                     row += ["–", "–"]
                     continue
+                if p.get("exhausted") and not p["requests"]:
+                    row += ["ran out ‡", "–"]  # every instance went in the warm-up: no figure at all
+                    ran_out = True
+                    continue
                 mark = ""
                 if p["client_cpu"] > CLIENT_BOUND:
                     mark, bound = " †", True
+                if p.get("exhausted"):
+                    mark, ran_out = mark + " ‡", True
                 errs = sum(p["errors"].values())
                 if p.get("pipelined", 1) < p.get("pipeline", 1):
                     mark += " (not pipelined: closes after each answer)"
@@ -763,7 +771,7 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
             b = merged.get((baseline, method, level))
             for n in others:
                 p = merged.get((n, method, level))
-                if p is None or b is None:
+                if p is None or b is None or not (p["requests"] and b["requests"]):
                     row += ["–", "–"]
                 else:
                     row += [_ratio(p["ok_rps"], b["ok_rps"]), _ratio(p["cpu_us"], b["cpu_us"])]
@@ -771,6 +779,12 @@ def sweep_markdown(result: dict[str, Any], baseline: str) -> str:
     notes = [f"- {n}: {why.splitlines()[0]}" for n, why in result["failures"].items()]
     if bound:
         notes.append(f"- {CLIENT_BOUND_NOTE}")
+    if ran_out:
+        notes.append(
+            f"- ‡ the {result['prefill']:,} prefilled instances ran out before the run's end (each destroy takes "
+            "one): the figure is over the time they lasted, or there is none when the warm-up took them all; "
+            "a larger --prefill measures the whole run"
+        )
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -143,6 +143,20 @@ def test_sweep_end_to_end(tmp_path: Path) -> None:
         assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_sweep_says_when_destroys_ran_out(tmp_path: Path) -> None:
+    """Thirty prefilled instances last no warm-up of destroys: the table says they ran out
+    (no rate of 0 req/s, no ratio) and how to measure the whole run."""
+    out = tmp_path / "sweep.md"
+    argv = ["--target", f"a={PLUGIN}", "--target", f"b={PLUGIN}", "--concurrency", "2", "--method", "destroy"]
+    argv += ["--prefill", "30", "--warmup", "0.3", "--duration", "0.3", "--rounds", "1", "--out-md", str(out)]
+    assert compare.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [p["exhausted"] for p in result["points"]] == [True, True]
+    md = out.read_text()
+    assert "| destroy | 2 | ran out ‡ | – | ran out ‡ | – | – | – |" in md, md
+    assert "‡ the 30 prefilled instances ran out" in md and "a larger --prefill" in md
+
+
 def test_scaling_and_compare_report_cpu(tmp_path: Path) -> None:
     out = tmp_path / "scaling.md"
     argv = ["--target", f"a={PLUGIN}", "--target", f"c={PLUGIN}", "--baseline", "c"]
