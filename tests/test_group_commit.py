@@ -35,6 +35,7 @@ class HeldDisk(Disk):
         self.fail = False
         self.held = threading.Event()
         self.release = threading.Event()
+        self.delay = 0.0  # seconds each data sync takes more: a slow disk
 
     def _gate(self, op: str) -> None:
         self.ops.append((op, threading.current_thread().name))
@@ -51,6 +52,8 @@ class HeldDisk(Disk):
 
     def datasync(self, fd: int) -> None:
         self._gate(f"sync {_which(fd)}")
+        if self.delay:
+            time.sleep(self.delay)
         super().datasync(fd)
 
 
@@ -283,6 +286,15 @@ def test_a_batch_every_client_waits_for_syncs_on_the_loop(tmp_path: Path) -> Non
         await _answers(reader, 1)
         assert syncs() == [main_thread]
         assert server.waiting == 0
+        # A slow disk (syncs of 5 ms): after one slow batch the next goes to the thread, so
+        # that the loop stays free for a client that connects meanwhile; fast again, back.
+        seen = []
+        for i, delay in enumerate((0.005, 0.005, 0.0, 0.0)):
+            disk.delay = delay
+            writer.write(_provision(8 + i))
+            await _answers(reader, 1)
+            seen += syncs()
+        assert ["loop" if t == main_thread else "thread" for t in seen] == ["loop", "thread", "thread", "loop"], seen
         writer.close()
         del idle_reader, gone_reader
 

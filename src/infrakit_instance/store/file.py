@@ -279,6 +279,10 @@ def _padding(end: int) -> int:
 #: Append batches in a row that go through the journal before a checkpoint returns to direct appends.
 _JOURNALED_APPENDS = 16
 
+#: A batch may be made durable on the event loop (every client waits for it) only while the
+#: batch before took at most this long: on a slow disk the loop stays free for newcomers.
+_ON_LOOP_MAX = 0.002
+
 
 class StoreStopped(StoreError):
     """The store stopped taking changes after a write it could not undo."""
@@ -434,6 +438,7 @@ class FileStore(batch.Core, Store):
         self._gather: asyncio.Event | None = None  # set when they are there
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
+        self._took = 0.0  # seconds the last batch took, from its cut to its answers
         # The live elements in file order, for _head; None: to be made from the state.
         self._order: collections.deque[Record] | None = None
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
@@ -794,7 +799,8 @@ class FileStore(batch.Core, Store):
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-            want, hold = taken + self._changes, min(loop.time() - started, 0.002)
+            self._took = loop.time() - started
+            want, hold = taken + self._changes, min(self._took, 0.002)
             if self.stopped is None and self._journal is not None and not self._journal.empty:
                 if self._journal.full or self._appends >= _JOURNALED_APPENDS:
                     if overlap:
@@ -806,11 +812,12 @@ class FileStore(batch.Core, Store):
         """Nobody can send a request while this batch syncs (the server says every open
         connection waits for the store): the loop would sit idle, so the batch is made
         durable on it, without the two thread hand-offs (about 100 µs of wall time a batch
-        here).  A client outside the batch keeps it on the writer thread, and the loop free.
-        The clients of the batch before have their answers by then: the gathering wait
-        before every cut lets the loop run their callbacks."""
+        here).  A client outside the batch keeps it on the writer thread, and the loop free;
+        so does a slow disk (the batch before took over ``_ON_LOOP_MAX``), for a client that
+        connects meanwhile.  The clients of the batch before have their answers by then: the
+        gathering wait before every cut lets the loop run their callbacks."""
         all_waiting = self.all_waiting
-        return all_waiting is not None and all_waiting()
+        return all_waiting is not None and self._took <= _ON_LOOP_MAX and all_waiting()
 
     def _cut(self) -> tuple[list[Region], bool, int]:
         """Cut any other batch: sealed, its writes merged into regions (journaled unless
