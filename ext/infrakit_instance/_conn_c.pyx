@@ -219,8 +219,6 @@ cdef class Core:
                 if isinstance(answer, _Pending):
                     # One callback per store batch and connection answers every slot it holds.
                     done = (<PendingCore>answer).done if isinstance(answer, PendingCore) else answer.done
-                    if not self._waiting:
-                        server.waiting += 1
                     waiting = self._waiting.get(done)
                     if waiting is None:
                         waiting = self._waiting[done] = []
@@ -235,10 +233,7 @@ cdef class Core:
         cdef list waiting = self._waiting.pop(done)
         cdef object pending, slot, keep_alive
         cdef bint ok = not done.cancelled() and done.exception() is None
-        server = self.server
-        server.inflight -= len(waiting)
-        if not self._waiting and not self._dead:
-            server.waiting -= 1
+        self.server.inflight -= len(waiting)
         for pending, slot, keep_alive in waiting:
             # The batch succeeded: every answer is its Pending's own (settle() without asking
             # the shared future again for each); else each settles to its error.

@@ -215,8 +215,6 @@ class Core:
                 if isinstance(answer, _Pending):
                     # One callback per store batch and connection answers every slot it holds.
                     done = answer.done
-                    if not self._waiting:
-                        server.waiting += 1
                     waiting = self._waiting.get(done)
                     if waiting is None:
                         waiting = self._waiting[done] = []
@@ -231,10 +229,7 @@ class Core:
     def _batch_done(self, done: Any) -> None:
         waiting = self._waiting.pop(done)
         ok = not done.cancelled() and done.exception() is None
-        server = self.server
-        server.inflight -= len(waiting)
-        if not self._waiting and not self._dead:
-            server.waiting -= 1
+        self.server.inflight -= len(waiting)
         respond = self._respond
         for pending, slot, keep_alive in waiting:
             # The batch succeeded: every answer is its Pending's own (settle() without asking

@@ -176,8 +176,6 @@ class Connection(connection.Core, asyncio.Protocol):
                 log.debug("connection closed%s", f": {exc}" if exc else "")
             self.server.connections.discard(self)
             self.server.connection_closed()
-            if self._waiting:
-                self.server.waiting -= 1  # no longer open (its batch, when done, answers nobody)
             self._closing = True
             self._dead = True
             self._backlog.clear()
@@ -398,7 +396,6 @@ class Server:
         self.quick = entries if entries and not self.debug and not self.tcp else None
         self.connections: set[Connection] = set()
         self.inflight = 0
-        self.waiting = 0  # open connections with a change waiting for its store batch
         self.store.all_waiting = self.all_waiting
         self.stopping = False
         self.bearer = None if config.auth_token is None else b"Bearer " + config.auth_token
@@ -416,8 +413,14 @@ class Server:
         self._socket_path: str | None = None
 
     def all_waiting(self) -> bool:
-        """Every open connection waits for a store batch: none can send anything meanwhile."""
-        return self.waiting >= len(self.connections)
+        """Every open connection waits for a store batch (holds a change not yet answered): none
+        can send anything meanwhile.  Asked once a batch, it costs nothing per request; it stops
+        at the first connection that does not wait, and a batch that every one of many
+        connections waits for holds a change of each."""
+        for conn in self.connections:
+            if not conn._waiting:
+                return False
+        return True
 
     def idle_changed(self) -> None:
         if self._idle is not None and self.stopping and self.inflight == 0:

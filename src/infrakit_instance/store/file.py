@@ -439,6 +439,9 @@ class FileStore(batch.Core, Store):
         self._closing = False
         self._appends = 0  # append batches in a row that went through the journal
         self._took = 0.0  # seconds the last batch took, from its cut to its answers
+        #: A batch every client waits for is made durable on the loop only while the batch
+        #: before took at most this long (seconds).
+        self.on_loop_max = _ON_LOOP_MAX
         # The live elements in file order, for _head; None: to be made from the state.
         self._order: collections.deque[Record] | None = None
         self._undone_image: tuple[int, bytes, int] | None = None  # a failed append the file still holds
@@ -813,11 +816,11 @@ class FileStore(batch.Core, Store):
         connection waits for the store): the loop would sit idle, so the batch is made
         durable on it, without the two thread hand-offs (about 100 µs of wall time a batch
         here).  A client outside the batch keeps it on the writer thread, and the loop free;
-        so does a slow disk (the batch before took over ``_ON_LOOP_MAX``), for a client that
+        so does a slow disk (the batch before took over ``on_loop_max``), for a client that
         connects meanwhile.  The clients of the batch before have their answers by then: the
         gathering wait before every cut lets the loop run their callbacks."""
         all_waiting = self.all_waiting
-        return all_waiting is not None and self._took <= _ON_LOOP_MAX and all_waiting()
+        return all_waiting is not None and self._took <= self.on_loop_max and all_waiting()
 
     def _cut(self) -> tuple[list[Region], bool, int]:
         """Cut any other batch: sealed, its writes merged into regions (journaled unless
