@@ -14,9 +14,11 @@ requests (needs matplotlib, the ``bench`` extra); ``--out-json`` keeps the sampl
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +45,7 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=100_000, help="requests between RSS samples")
@@ -57,7 +59,7 @@ def main() -> int:
     )
     parser.add_argument("--out-json", type=Path, help="write the samples as JSON")
     parser.add_argument("--out-plot", type=Path, help="plot RSS over requests (.png or .svg; needs matplotlib)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.out_plot and not plots.have_matplotlib():
         print(f"soak: no plot: {plots.MISSING}", file=sys.stderr)
         args.out_plot = None
@@ -79,9 +81,11 @@ def main() -> int:
                     return 1
                 time.sleep(0.05)
         session = ikload.Session(ikload.parse_target(sock), group_size=1000)
-        pre = ikload.run_load(sock, mix="provision=1", requests=args.prefill, session=session, pid=proc.pid)
+        if args.prefill:
+            pre = ikload.run_load(sock, mix="provision=1", requests=args.prefill, session=session, pid=proc.pid)
+            print(f"prefill {args.prefill} instances at {pre['ok_rps']:,.0f}/s", end="; ")
         rss0 = rss_kb(proc.pid)[0]
-        print(f"prefill {args.prefill} instances at {pre['ok_rps']:,.0f}/s; RSS {rss0 / 1024:.1f} MB")
+        print(f"RSS {rss0 / 1024:.1f} MB")
         print(
             f"{'requests':>10} {'req/s':>9} {'CPU µs/req':>10} {'errors':>7} {'RSS MB':>8} {'peak MB':>8} "
             f"{'state MB':>9}"
@@ -89,6 +93,7 @@ def main() -> int:
         done = 0
         samples = []
         record: list[dict[str, Any]] = []
+        kinds: collections.Counter[str] = collections.Counter()  # errors of the whole run, by kind
         while done < args.requests:
             n = min(args.chunk, args.requests - done)
             r = ikload.run_load(
@@ -104,6 +109,7 @@ def main() -> int:
                     "ok_rps": r["ok_rps"],
                     "cpu_us": cpu,
                     "errors": r["error_total"],
+                    "error_kinds": r["errors"],  # e.g. {"rpc:-32000": 2, "http:413": 1}
                     "rss_kb": rss,
                     "peak_kb": peak,
                     "state_bytes": os.path.getsize(state),
@@ -111,15 +117,18 @@ def main() -> int:
             )
             print(
                 f"{done:>10,} {r['ok_rps']:>9,.0f} {cpu if cpu is not None else '-':>10} {r['error_total']:>7} "
-                f"{rss / 1024:>8.1f} {peak / 1024:>8.1f} {os.path.getsize(state) / 1e6:>9.1f}",
+                f"{rss / 1024:>8.1f} {peak / 1024:>8.1f} {os.path.getsize(state) / 1e6:>9.1f}"
+                + (f"  {r['errors']}" if r["errors"] else ""),
                 flush=True,
             )
+            kinds.update(r["errors"])
         if len(samples) >= 3:
             warm = samples[1]
             print(
                 f"RSS after the first chunk {warm / 1024:.1f} MB, at the end {samples[-1] / 1024:.1f} MB "
                 f"({(samples[-1] - warm) / 1024:+.1f} MB over {done - args.chunk:,} requests)"
             )
+        print(f"errors {sum(kinds.values())}" + (f" by kind: {dict(kinds.most_common())}" if kinds else ""))
         result = {
             "mode": "soak",
             "command": args.command,
@@ -128,6 +137,7 @@ def main() -> int:
             "prefill": args.prefill,
             "rss_after_prefill_kb": rss0,
             "samples": record,
+            "errors": dict(kinds.most_common()),
         }
         if args.out_json:
             args.out_json.write_text(json.dumps(result, indent=2))
@@ -142,6 +152,8 @@ def main() -> int:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

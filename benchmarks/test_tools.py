@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import ceiling  # noqa: E402
 import compare  # noqa: E402
 import ikload  # noqa: E402
 import plots  # noqa: E402
+import soak  # noqa: E402
 
 
 def _console_script() -> str:
@@ -155,6 +157,36 @@ def test_a_sweep_says_when_destroys_ran_out(tmp_path: Path) -> None:
     md = out.read_text()
     assert "| destroy | 2 | ran out ‡ | – | ran out ‡ | – | – | – |" in md, md
     assert "‡ the 30 prefilled instances ran out" in md and "a larger --prefill" in md
+
+
+def _soak_folders() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("ik-soak-")}
+
+
+def test_soak_samples_memory_per_chunk_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    before = _soak_folders()
+    argv = ["--requests", "600", "--chunk", "200", "--prefill", "100", "--command", PLUGIN, "--out-json", str(out)]
+    assert soak.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [s["requests"] for s in result["samples"]] == [200, 400, 600]
+    for s in result["samples"]:
+        assert s["ok_rps"] > 0 and s["rss_kb"] > 0 and s["peak_kb"] >= s["rss_kb"] and s["cpu_us"] is not None
+        assert s["errors"] == 0 and s["error_kinds"] == {}
+    assert result["errors"] == {} and result["rss_after_prefill_kb"] > 0
+    assert _soak_folders() == before  # the plugin's socket and state folder is removed
+
+
+def test_soak_counts_errors_by_kind(tmp_path: Path) -> None:
+    """Provisions over the plugin's --max-body are refused (HTTP 413); the soak says so, by kind."""
+    out = tmp_path / "soak.json"
+    command = PLUGIN + " --max-body 200"
+    argv = ["--requests", "200", "--chunk", "100", "--prefill", "0", "--mix", "provision=1,validate=1"]
+    assert soak.main([*argv, "-c", "2", "--command", command, "--out-json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    kinds = [s["error_kinds"] for s in result["samples"]]
+    assert all(set(k) == {"http:413"} and k["http:413"] > 0 for k in kinds), kinds
+    assert result["errors"] == {"http:413": sum(k["http:413"] for k in kinds)}
 
 
 def test_scaling_and_compare_report_cpu(tmp_path: Path) -> None:
