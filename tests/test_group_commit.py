@@ -220,6 +220,32 @@ async def _answers(reader: asyncio.StreamReader, n: int) -> list[bytes]:
     return out
 
 
+def test_a_connection_waits_while_a_batch_of_its_changes_is_not_done(tmp_path: Path) -> None:
+    """What the server tells the store: every open connection holds a change whose batch is not
+    done.  A connection whose batch is done (its answers about to be written) waits no longer."""
+    from infrakit_instance.server import Config, Connection, Server, new_event_loop
+
+    loop = new_event_loop()
+    try:
+        server = Server(Config(listen="unix://" + str(tmp_path / "p.sock"), state=str(tmp_path / "s.json")))
+        assert server.store.all_waiting == server.all_waiting
+        assert server.all_waiting()  # nobody connected: nobody to keep the loop for
+        first, second = Connection(server), Connection(server)
+        server.connections.update((first, second))
+        batch, later = loop.create_future(), loop.create_future()
+        first._waiting[batch] = []
+        assert not server.all_waiting()  # the second has nothing pending
+        second._waiting[batch] = []
+        assert server.all_waiting()
+        first._waiting[later] = []
+        batch.set_result(None)  # the first still has a change in a batch not done; the second not
+        assert not server.all_waiting()
+        second._waiting[later] = []
+        assert server.all_waiting()
+    finally:
+        loop.close()
+
+
 def test_a_batch_every_client_waits_for_syncs_on_the_loop(tmp_path: Path) -> None:
     """A plugin's server tells its store when every open connection waits for a change:
     then nobody could use the loop while the batch syncs, and its writes and sync run on

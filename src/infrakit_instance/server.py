@@ -413,12 +413,15 @@ class Server:
         self._socket_path: str | None = None
 
     def all_waiting(self) -> bool:
-        """Every open connection waits for a store batch (holds a change not yet answered): none
-        can send anything meanwhile.  Asked once a batch, it costs nothing per request; it stops
-        at the first connection that does not wait, and a batch that every one of many
-        connections waits for holds a change of each."""
+        """Every open connection waits for a store batch (holds a change whose batch is not done
+        yet; one that is done is being answered): none can send anything meanwhile.  Asked once
+        a batch, it costs nothing per request; it stops at the first connection that does not
+        wait, and a batch that every one of many connections waits for holds a change of each."""
         for conn in self.connections:
-            if not conn._waiting:
+            for batch in conn._waiting:  # the futures of the batches its changes are in
+                if not batch.done():
+                    break
+            else:
                 return False
         return True
 

@@ -817,8 +817,8 @@ class FileStore(batch.Core, Store):
         durable on it, without the two thread hand-offs (about 100 µs of wall time a batch
         here).  A client outside the batch keeps it on the writer thread, and the loop free;
         so does a slow disk (the batch before took over ``on_loop_max``), for a client that
-        connects meanwhile.  The clients of the batch before have their answers by then: the
-        gathering wait before every cut lets the loop run their callbacks."""
+        connects meanwhile.  Clients of a batch already done, whose answers are still to be
+        written, do not count as waiting."""
         all_waiting = self.all_waiting
         return all_waiting is not None and self._took <= self.on_loop_max and all_waiting()
 
