@@ -179,7 +179,8 @@ def plot_scaling(
             if t not in lab:
                 handles.append(h)
                 lab.append(t)
-    fig.legend(handles, lab, loc="lower center", ncol=len(lab), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    if handles:  # none when no point had a rate (every destroy run ran out)
+        fig.legend(handles, lab, loc="lower center", ncol=len(lab), frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(
         f"Throughput and p99 latency against state size ({result['connections']} connections; "
         "hollow: prefill capped, drawn at the size reached)",
@@ -239,7 +240,8 @@ def plot_sweep(result: dict[str, Any], path: Path, labels: Mapping[str, str]) ->
             if t not in lab:
                 handles.append(h)
                 lab.append(t)
-    fig.legend(handles, lab, loc="lower center", ncol=len(lab), frameon=False, bbox_to_anchor=(0.5, -0.03))
+    if handles:  # none when no point had a rate (every destroy run ran out)
+        fig.legend(handles, lab, loc="lower center", ncol=len(lab), frameon=False, bbox_to_anchor=(0.5, -0.03))
     fig.suptitle("Throughput and server CPU per request against concurrency", fontsize=11)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     _save(fig, path)
