@@ -181,12 +181,25 @@ class Session:
     tag: str = field(init=False)
     _next_id: int = field(init=False)
     _cache: dict[tuple[str, int], tuple[bytes, bytes]] = field(init=False, default_factory=dict)
+    # Ids with a Label in flight, and each such request's bytes -> its id. A destroy passes over
+    # them: destroyed first, on another connection, the Label would fail as unknown to no fault of
+    # the server's.
+    labelling: collections.Counter[str] = field(init=False, default_factory=collections.Counter)
+    _label_ids: dict[bytes, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.tag = f"{self.rng.getrandbits(24):06x}"  # keeps groups of two sessions on one state apart
         # Random start: the C plugin names instances after the RPC id, so ids must not repeat across runs.
         self._next_id = _ID_LOW + self.rng.randrange(_ID_SPAN // 2)
+
+    def label_done(self, data: bytes) -> None:
+        """The Label sent as ``data`` is answered (or failed): its id may be destroyed again."""
+        iid = self._label_ids.pop(data, None)
+        if iid is not None:
+            self.labelling[iid] -= 1
+            if not self.labelling[iid]:
+                del self.labelling[iid]
 
     def group_name(self, index: int) -> str:
         return f"ikload-{self.tag}-g{index}"
@@ -221,13 +234,21 @@ class Session:
             if not self.own_ids:
                 return None
             if kind == "destroy":
-                # Oldest first, like the group controller's sorted-ID order.
-                iid = self.own_ids.popleft()
+                # Oldest first, like the group controller's sorted-ID order, passing over ids being labelled.
+                ids = self.own_ids
+                for _ in range(len(ids) - 1):
+                    if ids[0] not in self.labelling:
+                        break
+                    ids.rotate(-1)
+                iid = ids.popleft()
                 params = b'{"Type":"","Instance":%s,"Context":{"Reason":"terminate"}}' % orjson.dumps(iid)
-            else:
-                iid = self.own_ids[self.rng.randrange(len(self.own_ids))]
-                params = b'{"Type":"","Instance":%s,"Labels":{"ikload":"%d"}}' % (orjson.dumps(iid), rpc_id)
-            return _one_off(METHODS[kind], params, rpc_id)
+                return _one_off(METHODS[kind], params, rpc_id)
+            iid = self.own_ids[self.rng.randrange(len(self.own_ids))]
+            params = b'{"Type":"","Instance":%s,"Labels":{"ikload":"%d"}}' % (orjson.dumps(iid), rpc_id)
+            data = _one_off(METHODS[kind], params, rpc_id)
+            self.labelling[iid] += 1
+            self._label_ids[data] = iid
+            return data
         else:
             tpl = self._cache.get((kind, 0)) or self._cache.setdefault((kind, 0), _STATIC[kind]())
         return b"%s%s%d}" % (tpl[0], tpl[1], rpc_id)
@@ -848,6 +869,8 @@ class _Driver:
     ) -> None:
         phase = self.phase
         kind, data, t0 = sent
+        if kind == "label":
+            self.s.label_done(data)
         phase.lat[kind].append(time.perf_counter() - t0)
         phase.count += 1
         phase.bytes += nbytes
@@ -897,8 +920,10 @@ class _Driver:
             self._drop(conn)
             return
         now = time.perf_counter()
-        for k, _, t0 in conn.q:
+        for k, data, t0 in conn.q:
             self.phase.lat[k].append(now - t0)
+            if k == "label":
+                self.s.label_done(data)
         conn.q.clear()
         self.phase.errors[kind] += n
         self.phase.count += n
