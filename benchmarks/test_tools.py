@@ -332,6 +332,41 @@ def test_ikload_releases_every_label_against_the_plugin() -> None:
 
 
 @needs_cc
+def test_ceiling_answers_validate_with_its_id_split_and_pipelined(
+    ceiling_server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    sock, proc = ceiling_server
+    # It is the C program itself that listens (ceiling.py execs it): its pid is the socket's peer.
+    assert ikload.probe(sock)["pid"] == proc.pid
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        req = _request(b"4611686018427387905")
+        s.sendall(req)
+        [(head, doc)] = _read_answers(s, 1)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert doc == {"jsonrpc": "2.0", "result": {"Type": "", "OK": True}, "id": 4611686018427387905}
+
+        # One request in pieces: inside the head, inside the blank line, inside the body.
+        req = _request(b'"abc\\"d"')
+        cuts = [20, req.index(b"\r\n\r\n") + 2, len(req) - 10]
+        for a, b in zip([0, *cuts[:-1]], cuts, strict=True):
+            s.sendall(req[a:b])
+            assert _silent(s), "answered an incomplete request"
+        s.sendall(req[cuts[-1] :])
+        [(_, doc)] = _read_answers(s, 1)
+        assert doc["id"] == 'abc"d'  # a string id, escapes and all; the params' own "id" is not it
+
+        # Eight pipelined in one write: eight answers in order, all in the server's one write.
+        ids = [str(1000 + i).encode() for i in range(8)]
+        s.sendall(b"".join(_request(i) for i in ids))
+        _wait(lambda: not _silent(s, 0), "the answers")
+        got = _answers(s.recv(65536))  # one write on a unix socket arrives whole
+        assert [d["id"] for _, d in got] == [int(i) for i in ids]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0 and not os.path.exists(sock)  # SIGINT: the socket file is removed
+
+
+@needs_cc
 def test_ceiling_closes_on_a_request_it_cannot_frame(ceiling_server: tuple[str, subprocess.Popen[bytes]]) -> None:
     sock, proc = ceiling_server
     with socket.socket(socket.AF_UNIX) as s:
